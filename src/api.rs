@@ -1,0 +1,149 @@
+//! Wire types and header names shared by the server and the client.
+//!
+//! Defined once so both sides agree; serde names are the JSON keys of
+//! API.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::upload::{DigestAlgorithm, ExpectedDigest};
+
+/// `Content-Digest` (RFC 9530).
+pub const CONTENT_DIGEST: &str = "content-digest";
+/// Response header naming why a token was ignored on a public cache.
+pub const TOKEN_IGNORED: &str = "x-ferry-token-ignored";
+
+/// `POST /_api/v1/caches/{cache}/missing`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingRequest {
+    pub store_paths: Vec<String>,
+}
+
+/// Answer to [`MissingRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingResponse {
+    pub missing: Vec<String>,
+}
+
+/// `POST /_api/v1/caches/{cache}/uploads`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUpload {
+    pub store_path: String,
+    pub nar_hash: String,
+    pub nar_size: u64,
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub deriver: Option<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub sigs: Vec<String>,
+    /// `none` or `zstd`; defaults to `none`.
+    #[serde(default)]
+    pub compression: Option<String>,
+}
+
+/// 201 answer to [`CreateUpload`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadCreated {
+    pub id: String,
+    pub upload_url: String,
+    pub max_part_size: u64,
+    pub expires_at: i64,
+}
+
+/// Answer for a part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartAck {
+    pub n: u32,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// `POST /_api/v1/uploads/{id}/complete`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub parts: u32,
+}
+
+/// `POST /_api/v1/caches`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCache {
+    pub name: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub store_dir: Option<String>,
+    /// A duration such as `"6 months"`, or null to keep forever.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+/// A cache as `GET /_api/v1/caches/{cache}` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheInfo {
+    pub name: String,
+    pub public: bool,
+    pub priority: i64,
+    pub store_dir: String,
+    pub public_key: String,
+    pub max_part_size: u64,
+    pub upstream_keys: Vec<String>,
+    pub retention: Option<String>,
+}
+
+/// Parses a `Content-Digest` header value; picks the first algorithm we
+/// know (`sha-256` or `blake3`). `Ok(None)` when it names none of them.
+pub fn parse_content_digest(value: &str) -> Result<Option<ExpectedDigest>, String> {
+    use base64::Engine as _;
+    for member in value.split(',') {
+        let Some((alg, rest)) = member.trim().split_once('=') else {
+            return Err(format!("Content-Digest member {member:?} is not algorithm=:base64:"));
+        };
+        let algorithm = match alg.trim().to_ascii_lowercase().as_str() {
+            "sha-256" => DigestAlgorithm::Sha256,
+            "blake3" => DigestAlgorithm::Blake3,
+            _ => continue,
+        };
+        let b64 = rest
+            .trim()
+            .strip_prefix(':')
+            .and_then(|r| r.strip_suffix(':'))
+            .ok_or_else(|| format!("Content-Digest value for {alg} must be written :base64:"))?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| format!("Content-Digest value for {alg} is not valid base64"))?;
+        if value.len() != 32 {
+            return Err(format!("Content-Digest value for {alg} must be 32 bytes"));
+        }
+        return Ok(Some(ExpectedDigest { algorithm, value }));
+    }
+    Ok(None)
+}
+
+/// Renders a `Content-Digest` header value for a SHA-256.
+pub fn content_digest_sha256(digest: &[u8]) -> String {
+    use base64::Engine as _;
+    format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_digest_round_trip_and_unknown_algorithms() {
+        let d = [7u8; 32];
+        let v = content_digest_sha256(&d);
+        let parsed = parse_content_digest(&v).unwrap().unwrap();
+        assert_eq!(parsed.algorithm, DigestAlgorithm::Sha256);
+        assert_eq!(parsed.value, d);
+        assert_eq!(parse_content_digest("md5=:AAAA:").unwrap(), None);
+        assert!(parse_content_digest("sha-256=nocolons").is_err());
+        assert!(parse_content_digest("sha-256=:AAAA:").is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! The request-time [`Authorizer`]: verification, authorization and caches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use biscuit_auth::builder::{AuthorizerBuilder, Policy, date, fact, string};
+use biscuit_auth::error::{FailedCheck, Logic, MatchedPolicy, Token};
+use biscuit_auth::{Biscuit, PublicKey};
+
+use super::names::{glob_match, validate_cache_name};
+use super::token::{TokenInfo, internal, parse_error, read_authority, run_limits};
+use super::{AuthError, MAX_TOKEN_LEN, Operation};
+
+/// Most tokens and most decisions kept in memory; beyond that an arbitrary
+/// entry is evicted.
+const MAX_ENTRIES: usize = 10_000;
+/// Longest time a decision is reused (never past the token's expiry).
+const DECISION_TTL: Duration = Duration::from_secs(30);
+/// The one policy: some authority right for this operation whose pattern
+/// matches the cache (`cache_matches` facts are computed in Rust).
+const POLICY: &str = "allow if operation($op), right($op, $p), cache_matches($p)";
+
+type TokenId = [u8; 32];
+
+/// A token whose signature has been verified.
+struct Verified {
+    biscuit: Biscuit,
+    info: TokenInfo,
+}
+
+struct Decision {
+    result: Result<(), AuthError>,
+    until: Instant,
+}
+
+/// Verifies tokens and decides requests; cheap to call on every request.
+///
+/// Keeps parsed, signature-verified tokens keyed by blake3(token), and
+/// decisions per (token, operation, cache) for up to 30 seconds (never past
+/// the token's expiry). Both caches hold at most 10 000 entries.
+pub struct Authorizer {
+    root: PublicKey,
+    policy: Policy,
+    tokens: Mutex<HashMap<TokenId, Arc<Verified>>>,
+    decisions: Mutex<HashMap<(TokenId, Operation, String), Decision>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes an arbitrary entry when `map` is full.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= MAX_ENTRIES {
+        if let Some(k) = map.keys().next().cloned() {
+            map.remove(&k);
+        }
+    }
+}
+
+impl Authorizer {
+    /// An authorizer accepting tokens signed by `root_public`.
+    pub fn new(root_public: PublicKey) -> Self {
+        Authorizer {
+            root: root_public,
+            policy: POLICY.try_into().expect("the built-in policy parses"),
+            tokens: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Ok if the token grants `op` on `cache`.
+    ///
+    /// Errors: [`AuthError::TooLong`] (over 4096 characters, refused before
+    /// parsing), [`AuthError::InvalidName`] (bad cache name),
+    /// [`AuthError::Malformed`], [`AuthError::BadSignature`],
+    /// [`AuthError::Expired`], [`AuthError::NoAccess`],
+    /// [`AuthError::Forbidden`]. For `create-cache`, pass the requested name.
+    pub fn check(&self, token: &str, op: Operation, cache: &str) -> Result<(), AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLong);
+        }
+        validate_cache_name(cache)?;
+        let id = *blake3::hash(token.as_bytes()).as_bytes();
+        let key = (id, op, cache.to_owned());
+        if let Some(d) = lock(&self.decisions).get(&key) {
+            if d.until > Instant::now() {
+                return d.result.clone();
+            }
+        }
+
+        let verified = self.verify(token, id)?;
+        let now = SystemTime::now();
+        let Ok(left) = verified.info.expires_at.duration_since(now) else {
+            return Err(AuthError::Expired);
+        };
+        if left.is_zero() {
+            return Err(AuthError::Expired);
+        }
+        let result = self.decide(&verified, op, cache, now);
+        if !matches!(result, Err(AuthError::Internal(_))) {
+            let until = Instant::now() + left.min(DECISION_TTL);
+            let mut decisions = lock(&self.decisions);
+            if decisions.len() >= MAX_ENTRIES {
+                let now = Instant::now();
+                decisions.retain(|_, d| d.until > now);
+            }
+            make_room(&mut decisions);
+            let result = result.clone();
+            decisions.insert(key, Decision { result, until });
+        }
+        result
+    }
+
+    /// The authority rights of a verified token (appended blocks may narrow
+    /// them further). Does not check expiry.
+    pub fn rights_of(&self, token: &str) -> Result<Vec<(Operation, String)>, AuthError> {
+        Ok(self.inspect(token)?.rights)
+    }
+
+    /// Everything the authority block of a verified token says. Does not
+    /// check expiry.
+    pub fn inspect(&self, token: &str) -> Result<TokenInfo, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLong);
+        }
+        let id = *blake3::hash(token.as_bytes()).as_bytes();
+        Ok(self.verify(token, id)?.info.clone())
+    }
+
+    /// Forgets all cached tokens and decisions (e.g. when revocations change).
+    pub fn clear_cache(&self) {
+        lock(&self.tokens).clear();
+        lock(&self.decisions).clear();
+    }
+
+    /// Parses and verifies `token`, or returns the cached result.
+    fn verify(&self, token: &str, id: TokenId) -> Result<Arc<Verified>, AuthError> {
+        if let Some(v) = lock(&self.tokens).get(&id) {
+            return Ok(Arc::clone(v));
+        }
+        let biscuit = Biscuit::from_base64(token.trim(), self.root).map_err(parse_error)?;
+        let info = read_authority(&biscuit)?;
+        let verified = Arc::new(Verified { biscuit, info });
+        let mut tokens = lock(&self.tokens);
+        make_room(&mut tokens);
+        tokens.insert(id, Arc::clone(&verified));
+        Ok(verified)
+    }
+
+    /// One authorizer run for (op, cache), then classification of a denial.
+    fn decide(
+        &self,
+        verified: &Verified,
+        op: Operation,
+        cache: &str,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        let rights = &verified.info.rights;
+        let mut builder = AuthorizerBuilder::new()
+            .set_limits(run_limits())
+            .fact(fact("operation", &[string(op.as_str())]))
+            .and_then(|b| b.fact(fact("cache", &[string(cache)])))
+            .and_then(|b| b.fact(fact("time", &[date(&now)])))
+            .map_err(internal)?;
+        let mut matching: Vec<&str> = rights
+            .iter()
+            .map(|(_, p)| p.as_str())
+            .filter(|p| glob_match(p, cache))
+            .collect();
+        matching.sort_unstable();
+        matching.dedup();
+        for pattern in &matching {
+            builder = builder
+                .fact(fact("cache_matches", &[string(pattern)]))
+                .map_err(internal)?;
+        }
+        let mut az = builder
+            .policy(self.policy.clone())
+            .and_then(|b| b.build(&verified.biscuit))
+            .map_err(internal)?;
+
+        let (checks, policy_allowed) = match az.authorize() {
+            Ok(_) => return Ok(()),
+            Err(Token::FailedLogic(Logic::Unauthorized { checks, policy })) => {
+                (checks, matches!(policy, MatchedPolicy::Allow(_)))
+            }
+            Err(Token::FailedLogic(Logic::NoMatchingPolicy { checks })) => (checks, false),
+            Err(Token::FailedLogic(Logic::InvalidBlockRule(..))) => {
+                return Err(AuthError::Malformed(
+                    "one of its blocks has an invalid rule".into(),
+                ));
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        // The authority's only check is the expiry. When the rights allow the
+        // request and only `time` checks of appended blocks fail, those are
+        // an earlier expiry set by attenuation.
+        let authority_failed = checks.iter().any(|c| block_of(c) == Some(0));
+        let only_time = !checks.is_empty() && checks.iter().all(is_time_check);
+        if authority_failed || (policy_allowed && only_time) {
+            return Err(AuthError::Expired);
+        }
+        if matching.is_empty() {
+            Err(AuthError::NoAccess)
+        } else {
+            Err(AuthError::Forbidden { operation: op })
+        }
+    }
+}
+
+/// The block a failed check belongs to (None for the authorizer's own).
+fn block_of(check: &FailedCheck) -> Option<u32> {
+    match check {
+        FailedCheck::Block(b) => Some(b.block_id),
+        FailedCheck::Authorizer(_) => None,
+    }
+}
+
+/// Whether a failed check of a token block looks at `time`.
+fn is_time_check(check: &FailedCheck) -> bool {
+    matches!(check, FailedCheck::Block(b) if b.rule.contains("time("))
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

@@ -1,0 +1,96 @@
+//! The `caches` table: one row per cache, with its signing key and settings.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::{Error, Result};
+
+/// A cache as stored.
+#[derive(Clone, Debug)]
+pub struct CacheRow {
+    pub id: i64,
+    pub name: String,
+    pub public: bool,
+    pub priority: i64,
+    pub store_dir: String,
+    /// Seconds a path is kept after its last access; `None` keeps forever.
+    pub retention_secs: Option<i64>,
+    /// Nix secret key form, `name:base64`.
+    pub signing_key: String,
+    pub upstream_keys: Vec<String>,
+}
+
+/// What creating a cache needs.
+#[derive(Clone, Debug)]
+pub struct NewCache {
+    pub name: String,
+    pub public: bool,
+    pub priority: i64,
+    pub store_dir: String,
+    pub retention_secs: Option<i64>,
+    pub signing_key: String,
+    pub upstream_keys: Vec<String>,
+}
+
+const COLUMNS: &str =
+    "id, name, public, priority, store_dir, retention_secs, signing_key, upstream_keys";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
+    let upstream: String = r.get(7)?;
+    Ok(CacheRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        public: r.get(2)?,
+        priority: r.get(3)?,
+        store_dir: r.get(4)?,
+        retention_secs: r.get(5)?,
+        signing_key: r.get(6)?,
+        upstream_keys: serde_json::from_str(&upstream).unwrap_or_default(),
+    })
+}
+
+/// Inserts a cache; `CacheExists` when the name is taken.
+pub fn insert(conn: &Connection, c: &NewCache) -> Result<CacheRow> {
+    let upstream = serde_json::to_string(&c.upstream_keys).map_err(Error::internal)?;
+    let res = conn.execute(
+        "INSERT INTO caches (name, public, priority, store_dir, retention_secs, signing_key, upstream_keys, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            c.name,
+            c.public,
+            c.priority,
+            c.store_dir,
+            c.retention_secs,
+            c.signing_key,
+            upstream,
+            super::now()
+        ],
+    );
+    match res {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(Error::CacheExists(c.name.clone()));
+        }
+        other => other?,
+    };
+    get(conn, &c.name)?.ok_or_else(|| Error::internal("inserted cache vanished"))
+}
+
+/// The cache called `name`, if any.
+pub fn get(conn: &Connection, name: &str) -> Result<Option<CacheRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches WHERE name = ?1"))?;
+    Ok(stmt.query_row([name], from_row).optional()?)
+}
+
+/// The cache with row id `id`, if any.
+pub fn get_by_id(conn: &Connection, id: i64) -> Result<Option<CacheRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], from_row).optional()?)
+}
+
+/// Every cache, by name.
+pub fn list(conn: &Connection) -> Result<Vec<CacheRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches ORDER BY name"))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

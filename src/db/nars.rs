@@ -1,0 +1,172 @@
+//! The `nars`, `nar_chunks` and `paths` tables: what has been published.
+//!
+//! A NAR row is global (deduplicated by NarHash); a path row publishes it
+//! in one cache with a narinfo rendered and signed at publish time. A NAR
+//! file is the concatenation of its chunks (blobs) in order.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::Result;
+
+/// A stored NAR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NarRow {
+    pub id: i64,
+    /// `sha256:<nix32>`.
+    pub nar_hash: String,
+    pub nar_size: u64,
+    /// `zstd` (what ferry stores).
+    pub compression: String,
+    /// `sha256:<nix32>` of the stored file.
+    pub file_hash: String,
+    pub file_size: u64,
+}
+
+/// One blob of a stored NAR file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// blake3 hex of the blob.
+    pub blob: String,
+    pub size: u64,
+}
+
+/// A NAR about to be inserted.
+#[derive(Clone, Debug)]
+pub struct NewNar {
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub compression: String,
+    pub file_hash: String,
+    pub file_size: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+const NAR_COLUMNS: &str = "id, nar_hash, nar_size, compression, file_hash, file_size";
+
+fn nar_from_row(r: &Row<'_>) -> rusqlite::Result<NarRow> {
+    Ok(NarRow {
+        id: r.get(0)?,
+        nar_hash: r.get(1)?,
+        nar_size: r.get::<_, i64>(2)? as u64,
+        compression: r.get(3)?,
+        file_hash: r.get(4)?,
+        file_size: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+/// The NAR with this NarHash, if stored.
+pub fn find_by_nar_hash(conn: &Connection, nar_hash: &str) -> Result<Option<NarRow>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {NAR_COLUMNS} FROM nars WHERE nar_hash = ?1"))?;
+    Ok(stmt.query_row([nar_hash], nar_from_row).optional()?)
+}
+
+/// Inserts a NAR and its chunks, or returns the existing row when another
+/// publish stored the same NarHash first (the new blobs are then orphans
+/// for GC). Returns the row and whether it was inserted.
+pub fn insert(conn: &Connection, nar: &NewNar) -> Result<(NarRow, bool)> {
+    if let Some(existing) = find_by_nar_hash(conn, &nar.nar_hash)? {
+        return Ok((existing, false));
+    }
+    conn.execute(
+        "INSERT INTO nars (nar_hash, nar_size, compression, file_hash, file_size, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            nar.nar_hash,
+            nar.nar_size as i64,
+            nar.compression,
+            nar.file_hash,
+            nar.file_size as i64,
+            super::now()
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)")?;
+    for (seq, c) in nar.chunks.iter().enumerate() {
+        stmt.execute(params![id, seq as i64, c.blob, c.size as i64])?;
+    }
+    let row = NarRow {
+        id,
+        nar_hash: nar.nar_hash.clone(),
+        nar_size: nar.nar_size,
+        compression: nar.compression.clone(),
+        file_hash: nar.file_hash.clone(),
+        file_size: nar.file_size,
+    };
+    Ok((row, true))
+}
+
+/// The chunks of a NAR, in order.
+pub fn chunks(conn: &Connection, nar_id: i64) -> Result<Vec<Chunk>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT blob, size FROM nar_chunks WHERE nar_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([nar_id], |r| {
+        Ok(Chunk {
+            blob: r.get(0)?,
+            size: r.get::<_, i64>(1)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Publishes (or re-publishes) a store path in a cache.
+pub fn upsert_path(
+    conn: &Connection,
+    cache_id: i64,
+    hash_part: &str,
+    store_path: &str,
+    nar_id: i64,
+    narinfo: &str,
+) -> Result<()> {
+    let now = super::now();
+    conn.execute(
+        "INSERT INTO paths (cache_id, hash_part, store_path, nar_id, narinfo, created_at, last_access)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (cache_id, hash_part) DO UPDATE SET
+           store_path = excluded.store_path, nar_id = excluded.nar_id,
+           narinfo = excluded.narinfo, created_at = excluded.created_at,
+           last_access = excluded.last_access",
+        params![cache_id, hash_part, store_path, nar_id, narinfo, now],
+    )?;
+    Ok(())
+}
+
+/// The signed narinfo text of a path in a cache.
+pub fn narinfo(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<Option<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT narinfo FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
+    Ok(stmt
+        .query_row(params![cache_id, hash_part], |r| r.get(0))
+        .optional()?)
+}
+
+/// Whether a cache holds a path with this hash part.
+pub fn has_path(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<bool> {
+    let mut stmt =
+        conn.prepare_cached("SELECT 1 FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
+    Ok(stmt.exists(params![cache_id, hash_part])?)
+}
+
+/// The NAR a cache serves under this file hash (`sha256:<nix32>`), with
+/// its chunks. `None` unless a path of this cache references it, so one
+/// cache's NARs are never readable through another.
+pub fn nar_for_file(
+    conn: &Connection,
+    cache_id: i64,
+    file_hash: &str,
+) -> Result<Option<(NarRow, Vec<Chunk>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n.id, n.nar_hash, n.nar_size, n.compression, n.file_hash, n.file_size
+         FROM nars n WHERE n.file_hash = ?1
+           AND EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = n.id AND p.cache_id = ?2)",
+    )?;
+    let Some(nar) = stmt
+        .query_row(params![file_hash, cache_id], nar_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let chunks = chunks(conn, nar.id)?;
+    Ok(Some((nar, chunks)))
+}

@@ -1,0 +1,207 @@
+//! The `uploads` and `upload_parts` tables: sessions not yet published.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Upload states, as stored and as sent on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    Open,
+    Verifying,
+    Committed,
+    Failed,
+}
+
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Open => "open",
+            UploadState::Verifying => "verifying",
+            UploadState::Committed => "committed",
+            UploadState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> UploadState {
+        match s {
+            "verifying" => UploadState::Verifying,
+            "committed" => UploadState::Committed,
+            "failed" => UploadState::Failed,
+            _ => UploadState::Open,
+        }
+    }
+}
+
+/// The narinfo fields a client declared beside hash and size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadMeta {
+    /// Full store paths.
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub ca: Option<String>,
+    pub sigs: Vec<String>,
+    /// For Nix's PUT door: the FileHash/FileSize its narinfo declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+}
+
+/// An upload session.
+#[derive(Clone, Debug)]
+pub struct UploadRow {
+    pub id: String,
+    pub cache_id: i64,
+    pub store_path: String,
+    /// `sha256:<nix32>`.
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub meta: UploadMeta,
+    /// `none` or `zstd`: what the parts carry.
+    pub compression: String,
+    pub state: UploadState,
+    pub total_parts: Option<u32>,
+    pub error: Option<serde_json::Value>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A received part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRow {
+    pub n: u32,
+    pub size: u64,
+    pub blake3: String,
+}
+
+const COLUMNS: &str = "id, cache_id, store_path, nar_hash, nar_size, meta, compression, state, total_parts, error, created_at, expires_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<UploadRow> {
+    let meta: String = r.get(5)?;
+    let state: String = r.get(7)?;
+    let error: Option<String> = r.get(9)?;
+    Ok(UploadRow {
+        id: r.get(0)?,
+        cache_id: r.get(1)?,
+        store_path: r.get(2)?,
+        nar_hash: r.get(3)?,
+        nar_size: r.get::<_, i64>(4)? as u64,
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        compression: r.get(6)?,
+        state: UploadState::parse(&state),
+        total_parts: r.get::<_, Option<i64>>(8)?.map(|n| n as u32),
+        error: error.and_then(|e| serde_json::from_str(&e).ok()),
+        created_at: r.get(10)?,
+        expires_at: r.get(11)?,
+    })
+}
+
+/// Inserts a new upload.
+pub fn insert(conn: &Connection, u: &UploadRow) -> Result<()> {
+    let meta = serde_json::to_string(&u.meta).map_err(Error::internal)?;
+    conn.execute(
+        &format!("INSERT INTO uploads ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            u.id,
+            u.cache_id,
+            u.store_path,
+            u.nar_hash,
+            u.nar_size as i64,
+            meta,
+            u.compression,
+            u.state.as_str(),
+            u.total_parts,
+            u.error.as_ref().map(|e| e.to_string()),
+            u.created_at,
+            u.expires_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// The upload with this id.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<UploadRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM uploads WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], from_row).optional()?)
+}
+
+/// Uploads of a cache that are not committed, oldest first.
+pub fn list_uncommitted(conn: &Connection, cache_id: i64) -> Result<Vec<UploadRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM uploads WHERE cache_id = ?1 AND state != 'committed' ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([cache_id], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Uploads in a given state (e.g. `verifying` ones to resume at start-up).
+pub fn in_state(conn: &Connection, state: UploadState) -> Result<Vec<UploadRow>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM uploads WHERE state = ?1"))?;
+    let rows = stmt.query_map([state.as_str()], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Ids of uploads past their expiry.
+pub fn expired(conn: &Connection, now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE expires_at <= ?1")?;
+    let rows = stmt.query_map([now], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The parts of an upload, by number.
+pub fn parts(conn: &Connection, id: &str) -> Result<Vec<PartRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT n, size, blake3 FROM upload_parts WHERE upload_id = ?1 ORDER BY n")?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(PartRow {
+            n: r.get::<_, i64>(0)? as u32,
+            size: r.get::<_, i64>(1)? as u64,
+            blake3: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Records a part (replacing an earlier one with the same number).
+pub fn upsert_part(conn: &Connection, id: &str, p: &PartRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO upload_parts (upload_id, n, size, blake3) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (upload_id, n) DO UPDATE SET size = excluded.size, blake3 = excluded.blake3",
+        params![id, p.n, p.size as i64, p.blake3],
+    )?;
+    Ok(())
+}
+
+/// Moves an upload's expiry forward (any request for it counts as activity).
+pub fn touch(conn: &Connection, id: &str, expires_at: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE uploads SET expires_at = MAX(expires_at, ?2) WHERE id = ?1",
+        params![id, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Sets state, parts count and error of an upload.
+pub fn set_state(
+    conn: &Connection,
+    id: &str,
+    state: UploadState,
+    total_parts: Option<u32>,
+    error: Option<&serde_json::Value>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE uploads SET state = ?2, total_parts = COALESCE(?3, total_parts), error = ?4 WHERE id = ?1",
+        params![id, state.as_str(), total_parts, error.map(|e| e.to_string())],
+    )?;
+    Ok(())
+}
+
+/// Removes an upload and its part rows.
+pub fn delete(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM uploads WHERE id = ?1", [id])?;
+    Ok(())
+}

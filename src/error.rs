@@ -1,0 +1,182 @@
+//! The one error type of the server side.
+//!
+//! Every failure a request can meet is a named variant here; its `Display`
+//! is the sentence the user reads. `server::error` maps each variant to an
+//! HTTP status and a stable snake_case code in one exhaustive match, so a
+//! new variant cannot be added without deciding how it looks on the wire.
+//! `Internal` carries the detail for the log only: it is never sent.
+
+use crate::auth::{AuthError, Operation};
+use crate::nar::FormatError;
+
+/// Result alias for the server side.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the cache name {0:?} is invalid: use 1 to 64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    )]
+    InvalidCacheName(String),
+    #[error("no cache named {0:?} exists, or your token gives no access to it")]
+    CacheNotFound(String),
+    #[error("a cache named {0:?} already exists: pick another name")]
+    CacheExists(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("no upload with id {0} exists (it may have expired or been abandoned): start a new upload")]
+    UploadNotFound(String),
+    #[error("upload {id} is {state}: it can no longer be changed")]
+    UploadClosed { id: String, state: String },
+    #[error("part number {0} is invalid: parts are numbered from 1 to 100000")]
+    BadPartNumber(u64),
+    #[error("the part is {size} bytes, over the limit of {limit} bytes: split the NAR into smaller parts")]
+    PartTooLarge { size: u64, limit: u64 },
+    #[error(
+        "the part was sent without Content-Length: send each part with a Content-Length header, not chunked"
+    )]
+    LengthRequired,
+    #[error("the part body ended after {got} of {expected} bytes: send the part again")]
+    PartTruncated { got: u64, expected: u64 },
+    #[error("the part's {algorithm} digest does not match Content-Digest: the part was not kept, send it again")]
+    PartDigestMismatch {
+        algorithm: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("parts {missing:?} have not been received: send them, then call complete again")]
+    MissingParts { missing: Vec<u32> },
+    #[error("the NAR's hash does not match the declared nar_hash: nothing was published")]
+    NarHashMismatch { expected: String, actual: String },
+    #[error("the NAR's size does not match the declared nar_size: nothing was published")]
+    NarSizeMismatch { expected: u64, actual: u64 },
+    #[error("the uploaded file's hash does not match FileHash: nothing was published")]
+    FileHashMismatch { expected: String, actual: String },
+    #[error("the uploaded file's size does not match FileSize: nothing was published")]
+    FileSizeMismatch { expected: u64, actual: u64 },
+    #[error("the uploaded bytes are not a valid NAR: {0}; nothing was published")]
+    InvalidNar(String),
+    #[error("the uploaded bytes are not valid zstd: {0}; nothing was published")]
+    InvalidCompression(String),
+    #[error("no NAR file was uploaded at {0}: PUT the NAR before its narinfo")]
+    NarFileMissing(String),
+    #[error("the upload failed verification earlier; start a new upload")]
+    UploadFailed(serde_json::Value),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("the requested range is not satisfiable for a file of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("a token is required: send it as 'Authorization: Bearer <token>' or as the password of HTTP Basic auth")]
+    Unauthenticated,
+    #[error("your token does not allow {0:?} on this cache")]
+    Forbidden(Operation),
+    #[error("the server is short of disk space or another resource: try again later")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    /// An internal error with a message for the log.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl Error {
+    /// The stable snake_case code sent as `"error"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidCacheName(_) => "invalid_cache_name",
+            Error::CacheNotFound(_) => "cache_not_found",
+            Error::CacheExists(_) => "cache_exists",
+            Error::BadRequest(_) => "bad_request",
+            Error::Format(_) => "invalid_format",
+            Error::UploadNotFound(_) => "upload_not_found",
+            Error::UploadClosed { .. } => "upload_closed",
+            Error::BadPartNumber(_) => "bad_part_number",
+            Error::PartTooLarge { .. } => "part_too_large",
+            Error::LengthRequired => "length_required",
+            Error::PartTruncated { .. } => "part_truncated",
+            Error::PartDigestMismatch { .. } => "part_digest_mismatch",
+            Error::MissingParts { .. } => "missing_parts",
+            Error::NarHashMismatch { .. } => "nar_hash_mismatch",
+            Error::NarSizeMismatch { .. } => "nar_size_mismatch",
+            Error::FileHashMismatch { .. } => "file_hash_mismatch",
+            Error::FileSizeMismatch { .. } => "file_size_mismatch",
+            Error::InvalidNar(_) => "invalid_nar",
+            Error::InvalidCompression(_) => "invalid_compression",
+            Error::NarFileMissing(_) => "nar_file_missing",
+            Error::UploadFailed(_) => "upload_failed",
+            Error::NotFound(_) => "not_found",
+            Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::Auth(e) => match e {
+                AuthError::Expired => "token_expired",
+                AuthError::BadSignature => "token_bad_signature",
+                AuthError::Malformed(_) | AuthError::TooLong => "token_invalid",
+                AuthError::NoAccess => "unauthorized",
+                AuthError::Forbidden { .. } => "forbidden",
+                _ => "token_invalid",
+            },
+            Error::Unauthenticated => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body: `{"error", "message", ...details}`. An upload that
+    /// failed earlier answers with the body it failed with.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        if let Error::UploadFailed(body) = self
+            && body.is_object()
+        {
+            return body.clone();
+        }
+        let mut body = json!({"error": self.code(), "message": self.to_string()});
+        let details = match self {
+            Error::PartTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Error::PartDigestMismatch { algorithm, expected, actual } => {
+                json!({"algorithm": algorithm, "expected": expected, "actual": actual})
+            }
+            Error::MissingParts { missing } => json!({"missing": missing}),
+            Error::NarHashMismatch { expected, actual }
+            | Error::FileHashMismatch { expected, actual } => {
+                json!({"expected": expected, "actual": actual})
+            }
+            Error::NarSizeMismatch { expected, actual }
+            | Error::FileSizeMismatch { expected, actual } => {
+                json!({"expected": expected, "actual": actual})
+            }
+            Error::PartTruncated { got, expected } => json!({"received": got, "expected": expected}),
+            _ => json!({}),
+        };
+        if let (Some(b), Some(d)) = (body.as_object_mut(), details.as_object()) {
+            b.extend(d.clone());
+        }
+        body
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC is worth telling the user about; everything else is ours.
+        if e.raw_os_error() == Some(28) {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("sqlite: {e}"))
+    }
+}

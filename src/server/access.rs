@@ -1,0 +1,88 @@
+//! Who may do what: tokens from headers, checked against a cache.
+//!
+//! A token comes as `Authorization: Bearer <token>` or as the password of
+//! HTTP Basic (what Nix sends from a netrc file). Anonymous pulls are
+//! allowed from public caches. A token with no right on a cache gets the
+//! same 401 whether the cache exists or not, so names cannot be probed.
+
+use actix_web::HttpRequest;
+use actix_web::http::header;
+use base64::Engine as _;
+
+use super::AppState;
+use crate::auth::{AuthError, Operation};
+use crate::db::caches::{self, CacheRow};
+use crate::error::{Error, Result};
+
+/// The token a request carries, if any.
+pub fn token_of(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_, password) = text.split_once(':')?;
+        return Some(password.to_owned());
+    }
+    None
+}
+
+/// Checks the cache name's syntax.
+pub fn check_cache_name(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidCacheName(name.to_owned()))
+    }
+}
+
+/// Checks that the request may do `op` on `name` without needing the
+/// cache to exist (creating one).
+pub fn require(state: &AppState, req: &HttpRequest, op: Operation, name: &str) -> Result<()> {
+    let token = token_of(req).ok_or(Error::Unauthenticated)?;
+    state.auth.check(&token, op, name).map_err(auth_error)
+}
+
+fn auth_error(e: AuthError) -> Error {
+    match e {
+        AuthError::Forbidden { operation } => Error::Forbidden(operation),
+        other => Error::Auth(other),
+    }
+}
+
+/// The cache `name`, if the request may do `op` on it.
+pub async fn cache(state: &AppState, req: &HttpRequest, name: &str, op: Operation) -> Result<CacheRow> {
+    check_cache_name(name)?;
+    let key = name.to_owned();
+    let cache = state.db.call(move |c| caches::get(c, &key)).await?;
+    if let Some(c) = cache.as_ref().filter(|c| op == Operation::Pull && c.public) {
+        return Ok(c.clone());
+    }
+    require(state, req, op, name)?;
+    cache.ok_or_else(|| Error::CacheNotFound(name.to_owned()))
+}
+
+/// The cache `name`, if the request has any right on it (reading its
+/// settings and public key).
+pub async fn cache_any(state: &AppState, req: &HttpRequest, name: &str) -> Result<CacheRow> {
+    let mut last = Error::Unauthenticated;
+    for op in Operation::ALL {
+        match cache(state, req, name, op).await {
+            Ok(c) => return Ok(c),
+            Err(e @ Error::CacheNotFound(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,84 @@
+//! The one mapping from [`Error`] to HTTP: status, JSON body, headers.
+//!
+//! The match is exhaustive on purpose: a new error variant does not compile
+//! until someone decides its status here. Internal errors are logged with
+//! their detail and answered with a generic sentence, so bodies never leak
+//! file paths or OS messages.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::auth::AuthError;
+use crate::error::Error;
+
+/// The HTTP status of an error.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidCacheName(_)
+        | Error::BadRequest(_)
+        | Error::Format(_)
+        | Error::BadPartNumber(_)
+        | Error::PartTruncated { .. }
+        | Error::PartDigestMismatch { .. }
+        | Error::NarFileMissing(_) => StatusCode::BAD_REQUEST,
+        Error::CacheNotFound(_) | Error::UploadNotFound(_) | Error::NotFound(_) => {
+            StatusCode::NOT_FOUND
+        }
+        Error::CacheExists(_) | Error::UploadClosed { .. } => StatusCode::CONFLICT,
+        Error::PartTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
+        Error::MissingParts { .. }
+        | Error::NarHashMismatch { .. }
+        | Error::NarSizeMismatch { .. }
+        | Error::FileHashMismatch { .. }
+        | Error::FileSizeMismatch { .. }
+        | Error::InvalidNar(_)
+        | Error::InvalidCompression(_)
+        | Error::UploadFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        Error::Auth(a) => match a {
+            AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNAUTHORIZED,
+        },
+        Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        status_of(self)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = status_of(self);
+        match self {
+            Error::Internal(detail) | Error::Unavailable(detail) => {
+                tracing::error!(error = %detail, "request failed");
+            }
+            Error::Auth(AuthError::Internal(detail)) => {
+                tracing::error!(error = %detail, "authorization failed");
+            }
+            _ => {}
+        }
+        let mut res = HttpResponse::build(status);
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if status == StatusCode::UNAUTHORIZED {
+            res.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"ferry\", Bearer"),
+            ));
+        }
+        if let Error::RangeNotSatisfiable { size } = self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            res.insert_header((header::CONTENT_RANGE, v));
+        }
+        res.json(self.to_json())
+    }
+}

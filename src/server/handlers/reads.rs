@@ -1,0 +1,60 @@
+//! What Nix reads as a substituter: `nix-cache-info` and narinfo.
+//!
+//! narinfo texts are rendered and signed at publish time, so a read is one
+//! indexed lookup. A private cache's answers say `private, no-store` so no
+//! edge cache hands them to someone without a token.
+
+use actix_web::http::Method;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::auth::Operation;
+use crate::db::nars;
+use crate::error::{Error, Result};
+use crate::nar::store_path::validate_hash_part;
+use crate::server::{AppState, access};
+
+/// `Cache-Control` for a cache's answers.
+pub fn cache_control(public: bool, max_age: u32) -> String {
+    if public {
+        format!("public, max-age={max_age}")
+    } else {
+        "private, no-store".to_owned()
+    }
+}
+
+/// `GET /{cache}/nix-cache-info`.
+pub async fn cache_info(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+    let cache = access::cache(&state, &req, &path, Operation::Pull).await?;
+    let body = format!(
+        "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+        cache.store_dir, cache.priority
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/x-nix-cache-info")
+        .insert_header(("cache-control", cache_control(cache.public, 300)))
+        .body(body))
+}
+
+/// `GET`/`HEAD /{cache}/{hash}.narinfo`.
+pub async fn narinfo(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (name, hash) = path.into_inner();
+    let cache = access::cache(&state, &req, &name, Operation::Pull).await?;
+    validate_hash_part(&hash)?;
+    let key = hash.clone();
+    let text = state
+        .db
+        .call(move |c| nars::narinfo(c, cache.id, &key))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{hash}.narinfo")))?;
+    let mut res = HttpResponse::Ok();
+    res.content_type("text/x-nix-narinfo")
+        .insert_header(("cache-control", cache_control(cache.public, 60)));
+    if req.method() == Method::HEAD {
+        return Ok(res.no_chunking(text.len() as u64).finish());
+    }
+    Ok(res.body(text))
+}

@@ -1,0 +1,172 @@
+//! The push API: `missing`, uploads, parts, `complete`, abandon.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use super::json_no_store;
+use crate::api::{self, CompleteRequest, CreateUpload, MissingRequest, MissingResponse, PartAck, UploadCreated};
+use crate::auth::Operation;
+use crate::db::caches::{self, CacheRow};
+use crate::db::nars;
+use crate::db::uploads::UploadMeta;
+use crate::error::{Error, Result};
+use crate::nar::{Sha256Hash, StorePath};
+use crate::server::{AppState, access};
+use crate::upload::{Completion, Compression, Created, NewUpload};
+
+/// `POST /caches/{cache}/missing`: the paths the cache lacks.
+pub async fn missing(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<MissingRequest>,
+) -> Result<HttpResponse> {
+    let cache = match access::cache(&state, &req, &path, Operation::Push).await {
+        Ok(c) => c,
+        Err(_) => access::cache(&state, &req, &path, Operation::Pull).await?,
+    };
+    let mut parsed = Vec::with_capacity(body.store_paths.len());
+    for p in &body.store_paths {
+        parsed.push((p.clone(), StorePath::parse(p, &cache.store_dir)?.hash_part().to_owned()));
+    }
+    let missing = state
+        .db
+        .call(move |c| {
+            let mut out = vec![];
+            for (p, hash) in parsed {
+                if !nars::has_path(c, cache.id, &hash)? {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(json_no_store(StatusCode::OK, &MissingResponse { missing }))
+}
+
+/// `POST /caches/{cache}/uploads`: start an upload (or link a known NAR).
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<CreateUpload>,
+) -> Result<HttpResponse> {
+    let cache = access::cache(&state, &req, &path, Operation::Push).await?;
+    let body = body.into_inner();
+    let compression = match body.compression.as_deref() {
+        None => Compression::None,
+        Some(c) => Compression::parse(c).ok_or_else(|| {
+            Error::BadRequest(format!("compression {c:?} is not supported: use \"none\" or \"zstd\""))
+        })?,
+    };
+    for r in body.references.iter().chain(body.deriver.iter()) {
+        StorePath::parse(r, &cache.store_dir)?;
+    }
+    let new = NewUpload {
+        store_path: StorePath::parse(&body.store_path, &cache.store_dir)?,
+        nar_hash: Sha256Hash::parse(&body.nar_hash)?,
+        nar_size: body.nar_size,
+        meta: UploadMeta {
+            references: body.references,
+            deriver: body.deriver,
+            ca: body.ca,
+            sigs: body.sigs,
+            file_hash: None,
+            file_size: None,
+        },
+        compression,
+    };
+    match state.engine.create(&cache, new).await? {
+        Created::Committed => Ok(json_no_store(StatusCode::OK, &json!({"state": "committed"}))),
+        Created::Upload { id, expires_at } => {
+            let body = UploadCreated {
+                upload_url: format!("/_api/v1/uploads/{id}"),
+                id,
+                max_part_size: state.engine.config().max_part_size,
+                expires_at,
+            };
+            Ok(json_no_store(StatusCode::CREATED, &body))
+        }
+    }
+}
+
+/// `GET /caches/{cache}/uploads`: uploads not yet committed.
+pub async fn list(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+    let cache = access::cache(&state, &req, &path, Operation::Push).await?;
+    let list = state.engine.list(cache.id).await?;
+    Ok(json_no_store(StatusCode::OK, &json!({"uploads": list})))
+}
+
+/// The upload's cache, if the request may push to it.
+async fn upload_cache(state: &AppState, req: &HttpRequest, id: &str) -> Result<CacheRow> {
+    uuid::Uuid::parse_str(id).map_err(|_| Error::UploadNotFound(id.to_owned()))?;
+    let row = state.engine.get(id).await?;
+    let cache_id = row.cache_id;
+    let cache = state
+        .db
+        .call(move |c| caches::get_by_id(c, cache_id))
+        .await?
+        .ok_or_else(|| Error::UploadNotFound(id.to_owned()))?;
+    access::require(state, req, Operation::Push, &cache.name)?;
+    Ok(cache)
+}
+
+/// `PUT /uploads/{id}/parts/{n}`.
+pub async fn put_part(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let (id, n) = path.into_inner();
+    let n: u64 = n.parse().map_err(|_| Error::BadRequest(format!("part number {n:?} is not a number")))?;
+    upload_cache(&state, &req, &id).await?;
+    let length = match req.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| Error::BadRequest("Content-Length is not a number".into()))?,
+        ),
+    };
+    let digest = match req.headers().get(api::CONTENT_DIGEST) {
+        None => None,
+        Some(v) => api::parse_content_digest(v.to_str().unwrap_or("")).map_err(Error::BadRequest)?,
+    };
+    let part = state.engine.put_part(&id, n, length, digest, body).await?;
+    let ack = PartAck { n: part.n, size: part.size, blake3: part.blake3 };
+    Ok(json_no_store(StatusCode::OK, &ack))
+}
+
+/// `GET /uploads/{id}`: what a resuming client needs.
+pub async fn status(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+    upload_cache(&state, &req, &path).await?;
+    let status = state.engine.status(&path).await?;
+    Ok(json_no_store(StatusCode::OK, &status))
+}
+
+/// `POST /uploads/{id}/complete`.
+pub async fn complete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<CompleteRequest>,
+) -> Result<HttpResponse> {
+    upload_cache(&state, &req, &path).await?;
+    match state.engine.complete(&path, body.parts).await? {
+        Completion::Committed { narinfo_url } => Ok(json_no_store(
+            StatusCode::OK,
+            &json!({"state": "committed", "narinfo_url": narinfo_url}),
+        )),
+        Completion::Verifying => Ok(json_no_store(StatusCode::ACCEPTED, &json!({"state": "verifying"}))),
+    }
+}
+
+/// `DELETE /uploads/{id}`.
+pub async fn abandon(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+    upload_cache(&state, &req, &path).await?;
+    state.engine.abandon(&path).await?;
+    Ok(json_no_store(StatusCode::OK, &json!({"state": "abandoned"})))
+}

@@ -1,0 +1,88 @@
+//! HTTP wiring: the route table, shared state and `run(listener, shutdown)`.
+//!
+//! Handlers (one file per endpoint group under `handlers/`) stay thin:
+//! check input and access, call the engine or the database, shape the
+//! answer. Every error goes through `error.rs`.
+
+pub mod access;
+pub mod error;
+mod handlers;
+mod stream;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{App, HttpServer, web};
+
+use crate::auth::Authorizer;
+use crate::db::Db;
+use crate::error::Error;
+use crate::store::SharedStore;
+use crate::upload::Engine;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub db: Db,
+    pub store: SharedStore,
+    pub engine: Arc<Engine>,
+    pub auth: Authorizer,
+}
+
+/// The route table, also used by in-process tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use handlers::*;
+    cfg.app_data(web::JsonConfig::default().limit(16 << 20).error_handler(|e, _| {
+        Error::BadRequest(format!("the JSON body is invalid: {e}")).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|e, _| {
+        Error::BadRequest(format!("the URL is invalid: {e}")).into()
+    }))
+    .route("/healthz", web::get().to(health::healthz))
+    .service(
+        web::scope("/_api/v1")
+            .route("/caches", web::post().to(caches::create))
+            .route("/caches/{cache}", web::get().to(caches::info))
+            .route("/caches/{cache}/missing", web::post().to(uploads::missing))
+            .route("/caches/{cache}/uploads", web::post().to(uploads::create))
+            .route("/caches/{cache}/uploads", web::get().to(uploads::list))
+            .route("/uploads/{id}", web::get().to(uploads::status))
+            .route("/uploads/{id}", web::delete().to(uploads::abandon))
+            .route("/uploads/{id}/parts/{n}", web::put().to(uploads::put_part))
+            .route("/uploads/{id}/complete", web::post().to(uploads::complete))
+            .default_service(web::to(health::not_found)),
+    )
+    .route("/{cache}/nix-cache-info", web::get().to(reads::cache_info))
+    .route("/{cache}/{hash}.narinfo", web::get().to(reads::narinfo))
+    .route("/{cache}/{hash}.narinfo", web::head().to(reads::narinfo))
+    .route("/{cache}/{hash}.narinfo", web::put().to(nix_put::narinfo))
+    .route("/{cache}/nar/{file}", web::get().to(nar::get))
+    .route("/{cache}/nar/{file}", web::head().to(nar::get))
+    .route("/{cache}/nar/{file}", web::put().to(nix_put::nar))
+    .default_service(web::to(health::not_found));
+}
+
+/// Serves until `shutdown` resolves, on an already bound listener (so tests
+/// can bind port 0).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(routes)
+    })
+    .client_request_timeout(std::time::Duration::from_secs(60))
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.stop(true).await;
+    });
+    server.await
+}

@@ -1,0 +1,142 @@
+//! Content-addressed blob storage.
+//!
+//! A stored NAR file is an ordered list of blobs (today: one blob per part
+//! the client sent when it sent zstd, or one blob when the server
+//! compressed it), each named by the blake3 of its bytes. The read path
+//! only ever sees "a list of blobs", so content-defined chunking can come
+//! later without touching it. Backends implement [`BlobStore`], a small
+//! blocking trait (callers run it on the blocking pool); [`LocalStore`] is
+//! the one that exists: files under a two-level fan-out directory, written
+//! to a temporary file, fsynced, renamed into place, parent dir fsynced.
+
+pub mod local;
+pub mod zstd_io;
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use local::LocalStore;
+
+/// A blob id: lowercase hex of the blake3 of the blob's bytes.
+pub type BlobId = String;
+
+/// Where blobs live.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Moves `file`, a complete and fsynced local file whose blake3 is `id`,
+    /// into the store. Afterwards `file` no longer exists. Storing an id
+    /// that is already present keeps the present one.
+    fn adopt(&self, id: &str, file: &Path) -> io::Result<()>;
+    /// Opens a blob for reading, positioned at `offset`.
+    fn open(&self, id: &str, offset: u64) -> io::Result<Box<dyn Read + Send>>;
+    /// Whether the blob exists.
+    fn exists(&self, id: &str) -> io::Result<bool>;
+    /// Removes a blob; removing an absent blob is not an error.
+    fn delete(&self, id: &str) -> io::Result<()>;
+}
+
+/// A shared blob store.
+pub type SharedStore = Arc<dyn BlobStore>;
+
+/// One blob of a NAR file with its size, as listed in the database.
+#[derive(Clone, Debug)]
+pub struct ChunkRef {
+    pub blob: BlobId,
+    pub size: u64,
+}
+
+/// Reads `len` bytes starting at `offset` of the concatenation of `chunks`.
+pub struct ChainReader {
+    store: SharedStore,
+    /// Remaining (blob, offset within blob, bytes to read from it).
+    plan: std::collections::VecDeque<(BlobId, u64, u64)>,
+    current: Option<(Box<dyn Read + Send>, u64)>,
+}
+
+impl ChainReader {
+    /// Plans a read of `[offset, offset + len)` over the chunks.
+    pub fn new(store: SharedStore, chunks: &[ChunkRef], offset: u64, len: u64) -> ChainReader {
+        let mut plan = std::collections::VecDeque::new();
+        let mut start = 0u64;
+        let end = offset.saturating_add(len);
+        for c in chunks {
+            let (c_start, c_end) = (start, start + c.size);
+            start = c_end;
+            let (from, to) = (offset.max(c_start), end.min(c_end));
+            if from < to {
+                plan.push_back((c.blob.clone(), from - c_start, to - from));
+            }
+        }
+        ChainReader {
+            store,
+            plan,
+            current: None,
+        }
+    }
+}
+
+impl Read for ChainReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((reader, left)) = &mut self.current {
+                if *left > 0 {
+                    let want = buf.len().min(*left as usize);
+                    let n = reader.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "blob shorter than recorded",
+                        ));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                self.current = None;
+            }
+            match self.plan.pop_front() {
+                None => return Ok(0),
+                Some((blob, off, len)) => {
+                    self.current = Some((self.store.open(&blob, off)?, len));
+                }
+            }
+        }
+    }
+}
+
+/// Fsyncs a directory so a rename or create inside it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_reader_reads_any_window_across_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let pieces: Vec<Vec<u8>> = vec![b"hello ".to_vec(), b"big ".to_vec(), b"world".to_vec()];
+        let mut chunks = vec![];
+        for p in &pieces {
+            let id = blake3::hash(p).to_hex().to_string();
+            let tmp = dir.path().join("tmp-in");
+            std::fs::write(&tmp, p).unwrap();
+            store.adopt(&id, &tmp).unwrap();
+            chunks.push(ChunkRef {
+                blob: id,
+                size: p.len() as u64,
+            });
+        }
+        let all: Vec<u8> = pieces.concat();
+        for off in 0..all.len() {
+            for len in 0..=(all.len() - off) {
+                let mut out = vec![];
+                ChainReader::new(store.clone(), &chunks, off as u64, len as u64)
+                    .read_to_end(&mut out)
+                    .unwrap();
+                assert_eq!(out, &all[off..off + len], "off {off} len {len}");
+            }
+        }
+    }
+}

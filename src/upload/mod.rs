@@ -1,0 +1,351 @@
+//! The upload engine: sessions, parts, the in-order verifier, publishing.
+//!
+//! One engine, several doors: the parts API (`/_api/v1/uploads/…`), Nix's
+//! own `PUT` of a NAR and its narinfo, and later tus all call the same
+//! methods here. The engine knows nothing of HTTP: bodies arrive as byte
+//! streams, answers leave as plain values or [`Error`]s.
+//!
+//! Life of an upload: [`Engine::create`] (or a dedup link, which publishes
+//! at once) → [`Engine::put_part`] any number of times, any order, in
+//! parallel; each part is fsynced and recorded before it is acknowledged,
+//! then folded into the verifier if it extends the contiguous prefix →
+//! [`Engine::complete`] finishes the tail and publishes in one transaction,
+//! or marks the upload failed with the reason. Nothing is visible to
+//! substituters before that transaction commits.
+//!
+//! On disk: `<data>/uploads/<id>/<n>.part` for parts, `<id>/nar.zst` for the
+//! file the server compresses when the client sent a plain NAR.
+
+mod finish;
+mod receive;
+pub mod verifier;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::db::caches::CacheRow;
+use crate::db::uploads::{self, PartRow, UploadMeta, UploadRow, UploadState};
+use crate::db::{self, Db, nars};
+use crate::error::{Error, Result};
+use crate::nar::{Sha256Hash, StorePath};
+use crate::store::SharedStore;
+
+pub use receive::{DigestAlgorithm, ExpectedDigest};
+pub use verifier::Compression;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Largest part accepted, in bytes.
+    pub max_part_size: u64,
+    /// An upload with no request for this long is removed.
+    pub upload_expiry: Duration,
+    /// zstd level used when the server compresses a plain NAR.
+    pub zstd_level: i32,
+    /// How long `complete` waits before answering "verifying".
+    pub complete_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_part_size: 64 * 1024 * 1024,
+            upload_expiry: Duration::from_secs(24 * 3600),
+            zstd_level: crate::store::zstd_io::DEFAULT_LEVEL,
+            complete_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a door asks for when it starts an upload.
+#[derive(Clone, Debug)]
+pub struct NewUpload {
+    pub store_path: StorePath,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
+    pub meta: UploadMeta,
+    pub compression: Compression,
+}
+
+/// The answer to [`Engine::create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Send parts to this upload.
+    Upload { id: String, expires_at: i64 },
+    /// Nothing to send: the cache has the path now.
+    Committed,
+}
+
+/// The answer to [`Engine::complete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Committed { narinfo_url: String },
+    /// Still verifying: poll the upload's state.
+    Verifying,
+}
+
+/// An upload's state as a resuming client needs it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: String,
+    pub store_path: String,
+    pub state: UploadState,
+    pub parts: Vec<PartRow>,
+    pub received_bytes: u64,
+    pub expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub cache_id: i64,
+}
+
+/// Verifier state of one upload, kept between requests.
+struct Slot {
+    verifier: Option<verifier::Verifier>,
+    /// Part numbers recorded in the database.
+    present: BTreeSet<u32>,
+    /// Set by a part replacement: fold again from part 1.
+    stale: bool,
+    /// The first error the verifier met; reported at `complete`.
+    failed: Option<Error>,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
+/// The upload engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    db: Db,
+    store: SharedStore,
+    cfg: EngineConfig,
+    uploads_dir: PathBuf,
+    slots: Mutex<HashMap<String, SlotRef>>,
+    /// Uploads whose `complete` is running, with a channel that fires when done.
+    finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+}
+
+impl Engine {
+    /// An engine storing parts under `uploads_dir`.
+    pub fn new(db: Db, store: SharedStore, uploads_dir: PathBuf, cfg: EngineConfig) -> Result<Arc<Engine>> {
+        std::fs::create_dir_all(&uploads_dir)?;
+        Ok(Arc::new(Engine {
+            db,
+            store,
+            cfg,
+            uploads_dir,
+            slots: Mutex::new(HashMap::new()),
+            finishing: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    fn dir_of(&self, id: &str) -> PathBuf {
+        self.uploads_dir.join(id)
+    }
+
+    fn expiry_from_now(&self) -> i64 {
+        db::now() + self.cfg.upload_expiry.as_secs() as i64
+    }
+
+    /// Starts an upload, or links an already stored NAR and publishes at
+    /// once (dedup by NarHash), or says the cache already has the path.
+    pub async fn create(&self, cache: &CacheRow, new: NewUpload) -> Result<Created> {
+        if new.store_path.store_dir() != cache.store_dir {
+            return Err(Error::BadRequest(format!(
+                "store_path {} is not in this cache's store dir {}",
+                new.store_path, cache.store_dir
+            )));
+        }
+        if new.nar_size == 0 {
+            return Err(Error::BadRequest("nar_size must be greater than 0".into()));
+        }
+        let (cache_id, hash_part, nar_hash) = (
+            cache.id,
+            new.store_path.hash_part().to_owned(),
+            new.nar_hash.to_string(),
+        );
+        let existing = self
+            .db
+            .call(move |c| {
+                if nars::has_path(c, cache_id, &hash_part)? {
+                    return Ok(Some(None));
+                }
+                Ok(nars::find_by_nar_hash(c, &nar_hash)?.map(Some))
+            })
+            .await?;
+        match existing {
+            Some(None) => return Ok(Created::Committed),
+            Some(Some(nar)) if nar.nar_size == new.nar_size => {
+                finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await?;
+                return Ok(Created::Committed);
+            }
+            _ => {}
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        std::fs::create_dir_all(self.dir_of(&id))?;
+        let row = UploadRow {
+            id: id.clone(),
+            cache_id: cache.id,
+            store_path: new.store_path.to_absolute(),
+            nar_hash: new.nar_hash.to_string(),
+            nar_size: new.nar_size,
+            meta: new.meta,
+            compression: new.compression.as_str().to_owned(),
+            state: UploadState::Open,
+            total_parts: None,
+            error: None,
+            created_at: db::now(),
+            expires_at: self.expiry_from_now(),
+        };
+        let expires_at = row.expires_at;
+        self.db.call(move |c| uploads::insert(c, &row)).await?;
+        Ok(Created::Upload { id, expires_at })
+    }
+
+    /// The upload row, refreshed expiry. `UploadNotFound` when absent or expired.
+    pub async fn get(&self, id: &str) -> Result<UploadRow> {
+        let key = id.to_owned();
+        let expires = self.expiry_from_now();
+        let row = self
+            .db
+            .call(move |c| {
+                let row = uploads::get(c, &key)?;
+                if let Some(r) = &row
+                    && r.expires_at > db::now()
+                    && r.state != UploadState::Committed
+                {
+                    uploads::touch(c, &key, expires)?;
+                }
+                Ok(row)
+            })
+            .await?;
+        match row {
+            Some(r) if r.expires_at > db::now() || r.state == UploadState::Committed => Ok(r),
+            _ => Err(Error::UploadNotFound(id.to_owned())),
+        }
+    }
+
+    /// What a resuming client needs: state, parts, bytes received.
+    pub async fn status(&self, id: &str) -> Result<Status> {
+        let row = self.get(id).await?;
+        let key = id.to_owned();
+        let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
+        Ok(status_of(row, parts))
+    }
+
+    /// Uploads of a cache not yet committed.
+    pub async fn list(&self, cache_id: i64) -> Result<Vec<Status>> {
+        self.db
+            .call(move |c| {
+                let now = db::now();
+                let mut out = vec![];
+                for row in uploads::list_uncommitted(c, cache_id)? {
+                    if row.expires_at <= now {
+                        continue;
+                    }
+                    let parts = uploads::parts(c, &row.id)?;
+                    out.push(status_of(row, parts));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Abandons an upload: its parts and row are removed.
+    pub async fn abandon(&self, id: &str) -> Result<()> {
+        let row = self.get(id).await?;
+        if row.state == UploadState::Verifying || row.state == UploadState::Committed {
+            return Err(Error::UploadClosed {
+                id: id.to_owned(),
+                state: row.state.as_str().to_owned(),
+            });
+        }
+        self.remove(id).await
+    }
+
+    /// Removes an upload's files and rows (abandon, expiry).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.slots.lock().map_err(Error::internal)?.remove(id);
+        let key = id.to_owned();
+        self.db.call(move |c| uploads::delete(c, &key)).await?;
+        let dir = self.dir_of(id);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(Error::internal)??;
+        Ok(())
+    }
+
+    /// Removes every upload past its expiry. Returns how many.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        let ids = self.db.call(|c| uploads::expired(c, db::now())).await?;
+        for id in &ids {
+            self.remove(id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Restarts `complete` for uploads that were verifying when the server
+    /// stopped.
+    pub async fn resume_verifying(self: &Arc<Self>) -> Result<()> {
+        let rows = self
+            .db
+            .call(|c| uploads::in_state(c, UploadState::Verifying))
+            .await?;
+        for row in rows {
+            if let Some(total) = row.total_parts {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.complete(&row.id, total).await {
+                        tracing::warn!(upload = %row.id, error = %e, "resumed verification failed");
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(&self, id: &str) -> Result<Option<SlotRef>> {
+        Ok(self.slots.lock().map_err(Error::internal)?.get(id).cloned())
+    }
+
+    async fn slot_or_load(&self, id: &str) -> Result<SlotRef> {
+        if let Some(s) = self.slot(id)? {
+            return Ok(s);
+        }
+        let key = id.to_owned();
+        let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
+        let mut slots = self.slots.lock().map_err(Error::internal)?;
+        let slot = slots.entry(id.to_owned()).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(Slot {
+                verifier: None,
+                present: parts.iter().map(|p| p.n).collect(),
+                stale: false,
+                failed: None,
+            }))
+        });
+        Ok(slot.clone())
+    }
+}
+
+fn status_of(row: UploadRow, parts: Vec<PartRow>) -> Status {
+    Status {
+        received_bytes: parts.iter().map(|p| p.size).sum(),
+        id: row.id,
+        store_path: row.store_path,
+        state: row.state,
+        parts,
+        expires_at: row.expires_at,
+        error: row.error,
+        cache_id: row.cache_id,
+    }
+}

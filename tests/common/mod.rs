@@ -1,0 +1,43 @@
+//! End-to-end test harness for ferry: real Nix 2.8, real nginx, real curl.
+//!
+//! Integration tests include it with `mod common;`. It depends on std,
+//! `serde_json` and `tempfile` only, and never on the ferry crate itself, so
+//! it can be checked on its own (`tests/harness_selftest.rs`).
+//!
+//! Rules it follows:
+//! - A missing tool is a loud panic ("X is not installed: run .ci/run"); a
+//!   test never passes by skipping.
+//! - Every Nix command gets its settings through `NIX_CONFIG` (see
+//!   [`nix::NIX_CONFIG`]), so tests do not depend on `/etc/nix/nix.conf`:
+//!   no build users, no sandbox, no substituters (no network), no narinfo
+//!   disk-cache TTLs, and a per-process `XDG_CACHE_HOME`.
+//! - Everything temporary lives in `tempfile` directories removed on drop.
+//!
+//! Modules: [`tools`] (finding programs, ports, command output),
+//! [`nix`] (building closures, path info, NAR dumps, keys, copying),
+//! [`fs`] (tree comparison), [`nginx`] (reverse proxy / static server with a
+//! parsed access log), [`http`] (curl wrapper returning status, headers and
+//! body), [`upstream`] (a tiny HTTP sink server).
+#![allow(dead_code, unused_imports)]
+
+pub mod fs;
+pub mod http;
+pub mod nginx;
+pub mod nix;
+pub mod tools;
+pub mod upstream;
+
+pub use fs::compare_trees;
+pub use http::{curl, http_request, Body, HttpResponse};
+pub use nginx::{
+    nginx_max_request_length, start_nginx, start_nginx_static, start_nginx_static_auth,
+    start_nginx_with, LogEntry, Nginx, NginxOptions,
+};
+pub use nix::{
+    build_closure, dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32,
+    nix_sign, path_info, path_info_in, try_nix_copy_from, write_netrc, BlobKind, BlobSpec,
+    BuiltClosure, CacheKey, ClosureSpec,
+    FreshStore, PathInfo,
+};
+pub use tools::{free_port, require_tool, run_ok, unique_salt, CmdFailure};
+pub use upstream::{start_sink_upstream, SinkUpstream};
