@@ -32,7 +32,7 @@ pub struct AppState {
 /// The route table, also used by in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
-    cfg.app_data(web::JsonConfig::default().limit(16 << 20).error_handler(|e, _| {
+    cfg.app_data(web::JsonConfig::default().limit(16 << 20).content_type_required(false).error_handler(|e, _| {
         Error::BadRequest(format!("the JSON body is invalid: {e}")).into()
     }))
     .app_data(web::PathConfig::default().error_handler(|e, _| {
