@@ -52,10 +52,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Removes an arbitrary entry when `map` is full.
 fn make_room<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if map.len() >= MAX_ENTRIES {
-        if let Some(k) = map.keys().next().cloned() {
-            map.remove(&k);
-        }
+    if map.len() >= MAX_ENTRIES
+        && let Some(k) = map.keys().next().cloned()
+    {
+        map.remove(&k);
     }
 }
 
@@ -84,10 +84,10 @@ impl Authorizer {
         validate_cache_name(cache)?;
         let id = *blake3::hash(token.as_bytes()).as_bytes();
         let key = (id, op, cache.to_owned());
-        if let Some(d) = lock(&self.decisions).get(&key) {
-            if d.until > Instant::now() {
-                return d.result.clone();
-            }
+        if let Some(d) = lock(&self.decisions).get(&key)
+            && d.until > Instant::now()
+        {
+            return d.result.clone();
         }
 
         let verified = self.verify(token, id)?;

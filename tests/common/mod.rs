@@ -20,6 +20,7 @@
 //! body), [`upstream`] (a tiny HTTP sink server).
 #![allow(dead_code, unused_imports)]
 
+pub mod ferry;
 pub mod fs;
 pub mod http;
 pub mod nginx;
@@ -27,6 +28,7 @@ pub mod nix;
 pub mod tools;
 pub mod upstream;
 
+pub use self::ferry::{mint_in, InProcess, ServerProcess};
 pub use fs::compare_trees;
 pub use http::{curl, http_request, Body, HttpResponse};
 pub use nginx::{
