@@ -7,7 +7,7 @@
 pub mod access;
 pub mod error;
 mod handlers;
-mod stream;
+pub(crate) mod stream;
 
 use std::future::Future;
 use std::net::TcpListener;

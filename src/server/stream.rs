@@ -38,3 +38,9 @@ pub fn from_reader(
     });
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
+
+/// An empty body for `HEAD` answers: the response's `Content-Length` is
+/// set by the caller, and no bytes follow.
+pub fn empty() -> impl Stream<Item = Result<Bytes, std::io::Error>> + 'static {
+    futures_util::stream::empty()
+}

@@ -166,6 +166,7 @@ impl Engine {
         if new.nar_size == 0 {
             return Err(Error::BadRequest("nar_size must be greater than 0".into()));
         }
+        check_meta(&new.meta)?;
         let (cache_id, hash_part, nar_hash) = (
             cache.id,
             new.store_path.hash_part().to_owned(),
@@ -285,12 +286,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes every upload past its expiry. Returns how many.
+    /// Removes every upload past its expiry, and staged Nix uploads whose
+    /// narinfo never came. Returns how many uploads were removed.
     pub async fn sweep_expired(&self) -> Result<usize> {
         let ids = self.db.call(|c| uploads::expired(c, db::now())).await?;
         for id in &ids {
             self.remove(id).await?;
         }
+        let staged = self.uploads_dir.join("staged");
+        let max_age = self.cfg.upload_expiry;
+        tokio::task::spawn_blocking(move || remove_older_than(&staged, max_age))
+            .await
+            .map_err(Error::internal)??;
         Ok(ids.len())
     }
 
@@ -335,6 +342,51 @@ impl Engine {
         });
         Ok(slot.clone())
     }
+}
+
+/// Removes the files of `dir` last modified more than `age` ago.
+fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let old = entry
+            .metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|e| e > age);
+        if old {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses declared fields that could not be written into a narinfo
+/// line as they are (a newline would forge other fields).
+fn check_meta(meta: &UploadMeta) -> Result<()> {
+    for sig in &meta.sigs {
+        let ok = sig.split_once(':').is_some_and(|(name, b64)| {
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                && !b64.is_empty()
+                && b64.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        });
+        if !ok {
+            return Err(Error::BadRequest(format!(
+                "signature {sig:?} is not of the form keyname:base64"
+            )));
+        }
+    }
+    if let Some(ca) = &meta.ca
+        && (ca.is_empty() || ca.bytes().any(|b| b.is_ascii_control()))
+    {
+        return Err(Error::BadRequest(format!("ca {ca:?} is not a valid content address")));
+    }
+    Ok(())
 }
 
 fn status_of(row: UploadRow, parts: Vec<PartRow>) -> Status {

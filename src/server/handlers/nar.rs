@@ -83,7 +83,7 @@ pub async fn get(
     if !zst {
         res.content_type("application/x-nix-nar");
         if head {
-            return Ok(res.no_chunking(nar.nar_size).finish());
+            return Ok(res.no_chunking(nar.nar_size).streaming(stream::empty()));
         }
         let raw = ChainReader::new(state.store.clone(), &chunks, 0, nar.file_size);
         let decoder = zstd::stream::read::Decoder::new(raw).map_err(Error::internal)?;
@@ -105,7 +105,7 @@ pub async fn get(
         None => (0, size),
     };
     if head {
-        return Ok(res.no_chunking(len).finish());
+        return Ok(res.no_chunking(len).streaming(stream::empty()));
     }
     let reader = ChainReader::new(state.store.clone(), &chunks, start, len);
     Ok(res.no_chunking(len).streaming(stream::from_reader(reader)))

@@ -11,7 +11,7 @@ use crate::auth::Operation;
 use crate::db::nars;
 use crate::error::{Error, Result};
 use crate::nar::store_path::validate_hash_part;
-use crate::server::{AppState, access};
+use crate::server::{AppState, access, stream};
 
 /// `Cache-Control` for a cache's answers.
 pub fn cache_control(public: bool, max_age: u32) -> String {
@@ -54,7 +54,7 @@ pub async fn narinfo(
     res.content_type("text/x-nix-narinfo")
         .insert_header(("cache-control", cache_control(cache.public, 60)));
     if req.method() == Method::HEAD {
-        return Ok(res.no_chunking(text.len() as u64).finish());
+        return Ok(res.no_chunking(text.len() as u64).streaming(stream::empty()));
     }
     Ok(res.body(text))
 }
