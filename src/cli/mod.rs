@@ -1,0 +1,81 @@
+//! Command-line parsing; one file per subcommand group holds its glue.
+
+mod serve;
+mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use ferry::config::Config;
+
+/// ferry: a Nix binary cache that takes NARs in parts through a 100 MB proxy.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (defaults: listen 127.0.0.1:8080, data in ./ferry-data).
+    Serve(ServeArgs),
+    /// Capability tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Where the server's configuration and data are.
+#[derive(Args, Clone)]
+pub struct ServerLocation {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config file's data-dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ServerLocation {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    location: ServerLocation,
+    /// Address to listen on (overrides the config file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Token(cmd) => token::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

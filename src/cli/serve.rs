@@ -1,0 +1,70 @@
+//! `ferry serve`: run the server.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+
+use ferry::config::Config;
+use ferry::service;
+
+use super::ServeArgs;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = args.location.load()?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    cfg.validate()?;
+    if args.check_config {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let opened = service::open(&cfg)?;
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        if let Some(token) = &opened.first_admin_token {
+            print_first_start(&cfg, addr, token);
+        }
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ferry is serving");
+        let engine = opened.state.engine.clone();
+        engine
+            .resume_verifying()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokio::spawn(ferry::gc::run_periodic(engine, std::time::Duration::from_secs(600)));
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        ferry::server::run(listener, opened.state, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn print_first_start(cfg: &Config, addr: SocketAddr, token: &str) {
+    let dir = cfg.data_dir.display();
+    println!(
+        "First start: created {dir} with a new root key.\n\
+         \n\
+         Admin token (shown once; every right on every cache, valid 1 year):\n\
+         \n    {token}\n\
+         \n\
+         Next:\n\
+         \n    export FERRY_TOKEN='{token}'\n\
+         \n    curl -H \"Authorization: Bearer $FERRY_TOKEN\" -d '{{\"name\":\"main\",\"public\":false}}' http://{addr}/_api/v1/caches\n\
+         \n    ferry token mint --data-dir {dir} --sub laptop --validity 1y --pull main --push main\n"
+    );
+}
+
