@@ -83,6 +83,44 @@ pub struct CreateCache {
     pub retention: Option<String>,
 }
 
+/// `PATCH /_api/v1/caches/{cache}`: absent fields stay as they are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureCache {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// `Some(None)` (JSON null): keep paths forever.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retention: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_keys: Option<Vec<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit null (`Some(None)`).
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /_api/v1/tokens/revoke`: one of the two.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_id: Option<String>,
+}
+
 /// A cache as `GET /_api/v1/caches/{cache}` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CacheInfo {

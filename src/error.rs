@@ -73,7 +73,7 @@ pub enum Error {
     Auth(#[from] AuthError),
     #[error("a token is required: send it as 'Authorization: Bearer <token>' or as the password of HTTP Basic auth")]
     Unauthenticated,
-    #[error("your token does not allow {0:?} on this cache")]
+    #[error("your token does not allow `{0}` on this cache; ask for a token with the `{0}` right")]
     Forbidden(Operation),
     #[error("the server is short of disk space or another resource: try again later")]
     Unavailable(String),
@@ -117,11 +117,14 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::Auth(e) => match e {
                 AuthError::Expired => "token_expired",
+                AuthError::Revoked => "token_revoked",
                 AuthError::BadSignature => "token_bad_signature",
                 AuthError::Malformed(_) | AuthError::TooLong => "token_invalid",
                 AuthError::NoAccess => "unauthorized",
                 AuthError::Forbidden { .. } => "forbidden",
-                _ => "token_invalid",
+                AuthError::InvalidName(_) => "invalid_name",
+                AuthError::InvalidDuration(_) => "invalid_duration",
+                AuthError::Internal(_) => "internal",
             },
             Error::Unauthenticated => "unauthorized",
             Error::Forbidden(_) => "forbidden",

@@ -13,7 +13,8 @@ use anyhow::Context;
 
 use crate::auth::{self, Authorizer, Operation, RootKey, TokenSpec};
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, revocations};
+use crate::error::{Error, Result};
 use crate::server::AppState;
 use crate::store::LocalStore;
 use crate::upload::{Engine, EngineConfig};
@@ -89,14 +90,59 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     } else {
         None
     };
+    let auth = Authorizer::new(root.public());
+    auth.set_revoked(db.call_blocking(|c| revocations::all(c)).map_err(|e| anyhow::anyhow!("{e:?}"))?);
     let state = AppState {
         db,
         store,
         engine,
-        auth: Authorizer::new(root.public()),
+        auth,
     };
     Ok(Opened {
         state: Arc::new(state),
         first_admin_token,
     })
+}
+
+/// The id to store when revoking `token`: its last block's, so tokens
+/// attenuated from it fail too while its parent keeps working.
+pub fn revocation_id_of(token: &str) -> Result<String> {
+    auth::revocation_ids(token)?
+        .pop()
+        .ok_or_else(|| Error::BadRequest("the token has no blocks".into()))
+}
+
+/// Stores a revoked id and makes the running authorizer see it at once.
+pub async fn revoke(state: &AppState, id: &str) -> Result<()> {
+    let key = id.to_owned();
+    state.db.write(move |tx| revocations::insert(tx, &key)).await?;
+    load_revocations(state).await
+}
+
+/// Loads the revoked set into the authorizer.
+pub async fn load_revocations(state: &AppState) -> Result<()> {
+    let ids = state.db.call(|c| revocations::all(c)).await?;
+    state.auth.set_revoked(ids);
+    Ok(())
+}
+
+/// Reloads the revoked set whenever the table changes (for example by
+/// `ferry token revoke` run against the data dir). Polls every 2 s.
+pub async fn watch_revocations(state: Arc<AppState>) {
+    let mut seen = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match state.db.call(|c| revocations::generation(c)).await {
+            Ok(g) if seen != Some(g) => {
+                if let Err(e) = load_revocations(&state).await {
+                    tracing::warn!(error = %e, "reloading revocations failed");
+                    continue;
+                }
+                seen = Some(g);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checking revocations failed"),
+        }
+    }
 }

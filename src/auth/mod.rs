@@ -54,14 +54,28 @@
 //! term, and terms are built with the builder API, never by formatting
 //! datalog source.
 //!
-//! **Revocation** is not checked yet; [`revocation_ids`] exposes the ids.
+//! **Revocation.** biscuit does not check revocation itself. Every block
+//! has a revocation id; a token attenuated from another carries all of its
+//! parent's ids plus one for its new block. Revoking a token stores the id
+//! of its *last* block, so the token and everything attenuated from it
+//! fail ([`AuthError::Revoked`]) while its parent keeps working. The
+//! [`Authorizer`] compares a token's ids with the revoked set in Rust after
+//! verifying the signature; [`Authorizer::set_revoked`] replaces the set
+//! and forgets every cached decision.
+//!
+//! **Discovery.** A denial is [`AuthError::Forbidden`] only when the token,
+//! attenuation included, allows some other operation on the same cache;
+//! otherwise it is [`AuthError::NoAccess`], which the server answers with
+//! the same 401 whether the cache exists or not.
 
+mod attenuate;
 mod duration;
 mod key;
 mod names;
 mod token;
 mod verify;
 
+pub use self::attenuate::{Attenuation, attenuate, block_sources, glob_to_regex};
 pub use self::duration::parse_duration;
 pub use self::key::RootKey;
 pub use self::names::{glob_match, validate_cache_name, validate_pattern, validate_subject};
@@ -145,6 +159,9 @@ pub enum AuthError {
     /// The token's expiry time has passed.
     #[error("the token has expired; ask for a new one")]
     Expired,
+    /// The token, or a token it was attenuated from, has been revoked.
+    #[error("the token has been revoked; ask for a new one")]
+    Revoked,
     /// The token string is longer than [`MAX_TOKEN_LEN`].
     #[error("the token is longer than 4096 characters; check that only the token was sent")]
     TooLong,

@@ -1,6 +1,6 @@
 //! The request-time [`Authorizer`]: verification, authorization and caches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +44,8 @@ pub struct Authorizer {
     policy: Policy,
     tokens: Mutex<HashMap<TokenId, Arc<Verified>>>,
     decisions: Mutex<HashMap<(TokenId, Operation, String), Decision>>,
+    /// Revoked block ids (hex).
+    revoked: Mutex<Arc<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,7 +69,32 @@ impl Authorizer {
             policy: POLICY.try_into().expect("the built-in policy parses"),
             tokens: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Arc::new(HashSet::new())),
         }
+    }
+
+    /// Replaces the set of revoked block ids and forgets cached decisions.
+    pub fn set_revoked(&self, ids: HashSet<String>) {
+        *lock(&self.revoked) = Arc::new(ids);
+        self.clear_cache();
+    }
+
+    /// Ok if `op` is allowed on every cache name: the token holds the right
+    /// with the pattern `*` and no attenuation narrows the caches. For
+    /// server-wide actions such as revoking tokens.
+    pub fn check_global(&self, token: &str, op: Operation) -> Result<(), AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLong);
+        }
+        let id = *blake3::hash(token.as_bytes()).as_bytes();
+        let verified = self.verify(token, id)?;
+        let now = SystemTime::now();
+        if verified.info.expires_at <= now {
+            return Err(AuthError::Expired);
+        }
+        // "*" as a cache value is matched only by the pattern "*" (and by
+        // no attenuation regex narrower than everything).
+        self.decide(&verified, op, "*", now)
     }
 
     /// Ok if the token grants `op` on `cache`.
@@ -137,15 +164,23 @@ impl Authorizer {
 
     /// Parses and verifies `token`, or returns the cached result.
     fn verify(&self, token: &str, id: TokenId) -> Result<Arc<Verified>, AuthError> {
-        if let Some(v) = lock(&self.tokens).get(&id) {
-            return Ok(Arc::clone(v));
+        let cached = lock(&self.tokens).get(&id).cloned();
+        let verified = match cached {
+            Some(v) => v,
+            None => {
+                let biscuit = Biscuit::from_base64(token.trim(), self.root).map_err(parse_error)?;
+                let info = read_authority(&biscuit)?;
+                let verified = Arc::new(Verified { biscuit, info });
+                let mut tokens = lock(&self.tokens);
+                make_room(&mut tokens);
+                tokens.insert(id, Arc::clone(&verified));
+                verified
+            }
+        };
+        let revoked = Arc::clone(&lock(&self.revoked));
+        if verified.info.revocation_ids.iter().any(|r| revoked.contains(r)) {
+            return Err(AuthError::Revoked);
         }
-        let biscuit = Biscuit::from_base64(token.trim(), self.root).map_err(parse_error)?;
-        let info = read_authority(&biscuit)?;
-        let verified = Arc::new(Verified { biscuit, info });
-        let mut tokens = lock(&self.tokens);
-        make_room(&mut tokens);
-        tokens.insert(id, Arc::clone(&verified));
         Ok(verified)
     }
 
@@ -157,6 +192,37 @@ impl Authorizer {
         cache: &str,
         now: SystemTime,
     ) -> Result<(), AuthError> {
+        let (checks, policy_allowed) = match self.run(verified, op, cache, now)? {
+            None => return Ok(()),
+            Some(denial) => denial,
+        };
+        // The authority's only check is the expiry. When the rights allow the
+        // request and only `time` checks of appended blocks fail, those are
+        // an earlier expiry set by attenuation.
+        let authority_failed = checks.iter().any(|c| block_of(c) == Some(0));
+        let only_time = !checks.is_empty() && checks.iter().all(is_time_check);
+        if authority_failed || (policy_allowed && only_time) {
+            return Err(AuthError::Expired);
+        }
+        // Forbidden only if the token, attenuation included, allows some
+        // other operation here; otherwise the cache is none of its business.
+        for other in Operation::ALL.into_iter().filter(|o| *o != op) {
+            if self.run(verified, other, cache, now)?.is_none() {
+                return Err(AuthError::Forbidden { operation: op });
+            }
+        }
+        Err(AuthError::NoAccess)
+    }
+
+    /// One authorizer run. `None` when allowed; otherwise the failed checks
+    /// and whether the policy alone would have allowed it.
+    fn run(
+        &self,
+        verified: &Verified,
+        op: Operation,
+        cache: &str,
+        now: SystemTime,
+    ) -> Result<Option<(Vec<FailedCheck>, bool)>, AuthError> {
         let rights = &verified.info.rights;
         let mut builder = AuthorizerBuilder::new()
             .set_limits(run_limits())
@@ -180,32 +246,16 @@ impl Authorizer {
             .policy(self.policy.clone())
             .and_then(|b| b.build(&verified.biscuit))
             .map_err(internal)?;
-
-        let (checks, policy_allowed) = match az.authorize() {
-            Ok(_) => return Ok(()),
+        match az.authorize() {
+            Ok(_) => Ok(None),
             Err(Token::FailedLogic(Logic::Unauthorized { checks, policy })) => {
-                (checks, matches!(policy, MatchedPolicy::Allow(_)))
+                Ok(Some((checks, matches!(policy, MatchedPolicy::Allow(_)))))
             }
-            Err(Token::FailedLogic(Logic::NoMatchingPolicy { checks })) => (checks, false),
-            Err(Token::FailedLogic(Logic::InvalidBlockRule(..))) => {
-                return Err(AuthError::Malformed(
-                    "one of its blocks has an invalid rule".into(),
-                ));
-            }
-            Err(e) => return Err(internal(e)),
-        };
-        // The authority's only check is the expiry. When the rights allow the
-        // request and only `time` checks of appended blocks fail, those are
-        // an earlier expiry set by attenuation.
-        let authority_failed = checks.iter().any(|c| block_of(c) == Some(0));
-        let only_time = !checks.is_empty() && checks.iter().all(is_time_check);
-        if authority_failed || (policy_allowed && only_time) {
-            return Err(AuthError::Expired);
-        }
-        if matching.is_empty() {
-            Err(AuthError::NoAccess)
-        } else {
-            Err(AuthError::Forbidden { operation: op })
+            Err(Token::FailedLogic(Logic::NoMatchingPolicy { checks })) => Ok(Some((checks, false))),
+            Err(Token::FailedLogic(Logic::InvalidBlockRule(..))) => Err(AuthError::Malformed(
+                "one of its blocks has an invalid rule".into(),
+            )),
+            Err(e) => Err(internal(e)),
         }
     }
 }

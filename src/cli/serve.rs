@@ -45,6 +45,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         tokio::spawn(ferry::gc::run_periodic(engine, std::time::Duration::from_secs(600)));
+        tokio::spawn(service::watch_revocations(opened.state.clone()));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };

@@ -94,3 +94,37 @@ pub fn list(conn: &Connection) -> Result<Vec<CacheRow>> {
     let rows = stmt.query_map([], from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Changes to a cache's settings; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct CacheChanges {
+    pub public: Option<bool>,
+    pub priority: Option<i64>,
+    /// `Some(None)` keeps paths forever.
+    pub retention_secs: Option<Option<i64>>,
+    pub upstream_keys: Option<Vec<String>>,
+}
+
+/// Applies `changes` to the cache with row id `id`.
+pub fn update(conn: &Connection, id: i64, changes: &CacheChanges) -> Result<()> {
+    if let Some(p) = changes.public {
+        conn.execute("UPDATE caches SET public = ?2 WHERE id = ?1", params![id, p])?;
+    }
+    if let Some(p) = changes.priority {
+        conn.execute("UPDATE caches SET priority = ?2 WHERE id = ?1", params![id, p])?;
+    }
+    if let Some(r) = changes.retention_secs {
+        conn.execute("UPDATE caches SET retention_secs = ?2 WHERE id = ?1", params![id, r])?;
+    }
+    if let Some(k) = &changes.upstream_keys {
+        let json = serde_json::to_string(k).map_err(Error::internal)?;
+        conn.execute("UPDATE caches SET upstream_keys = ?2 WHERE id = ?1", params![id, json])?;
+    }
+    Ok(())
+}
+
+/// Deletes a cache; its paths and uploads go with it (foreign keys).
+pub fn delete(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute("DELETE FROM caches WHERE id = ?1", [id])?;
+    Ok(())
+}

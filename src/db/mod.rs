@@ -12,6 +12,7 @@
 
 pub mod caches;
 pub mod nars;
+pub mod revocations;
 pub mod uploads;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,10 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 
 /// The schema files, in order. Append only.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../schema/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../schema/0001_init.sql")),
+    ("0002_revocations", include_str!("../../schema/0002_revocations.sql")),
+];
 
 /// How many connections the pool holds (readers and writers alike).
 const POOL_SIZE: usize = 8;

@@ -170,3 +170,13 @@ pub fn nar_for_file(
     let chunks = chunks(conn, nar.id)?;
     Ok(Some((nar, chunks)))
 }
+
+/// Unpublishes a path from a cache. Returns whether it was there. The NAR
+/// stays until garbage collection finds no cache referencing it.
+pub fn delete_path(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM paths WHERE cache_id = ?1 AND hash_part = ?2",
+        params![cache_id, hash_part],
+    )?;
+    Ok(n > 0)
+}

@@ -205,3 +205,10 @@ pub fn delete(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("DELETE FROM uploads WHERE id = ?1", [id])?;
     Ok(())
 }
+
+/// Ids of every upload of a cache, whatever its state.
+pub fn ids_of_cache(conn: &Connection, cache_id: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE cache_id = ?1")?;
+    let rows = stmt.query_map([cache_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -5,7 +5,7 @@
 //! allowed from public caches. A token with no right on a cache gets the
 //! same 401 whether the cache exists or not, so names cannot be probed.
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 use actix_web::http::header;
 use base64::Engine as _;
 
@@ -13,6 +13,11 @@ use super::AppState;
 use crate::auth::{AuthError, Operation};
 use crate::db::caches::{self, CacheRow};
 use crate::error::{Error, Result};
+
+/// Why a request's token was ignored (a pull from a public cache with an
+/// invalid token); the server puts it in a response header.
+#[derive(Clone, Debug)]
+pub struct TokenIgnored(pub String);
 
 /// The token a request carries, if any.
 pub fn token_of(req: &HttpRequest) -> Option<String> {
@@ -54,7 +59,8 @@ pub fn require(state: &AppState, req: &HttpRequest, op: Operation, name: &str) -
     state.auth.check(&token, op, name).map_err(auth_error)
 }
 
-fn auth_error(e: AuthError) -> Error {
+/// Maps an authorization failure to the server error.
+pub fn auth_error(e: AuthError) -> Error {
     match e {
         AuthError::Forbidden { operation } => Error::Forbidden(operation),
         other => Error::Auth(other),
@@ -67,6 +73,16 @@ pub async fn cache(state: &AppState, req: &HttpRequest, name: &str, op: Operatio
     let key = name.to_owned();
     let cache = state.db.call(move |c| caches::get(c, &key)).await?;
     if let Some(c) = cache.as_ref().filter(|c| op == Operation::Pull && c.public) {
+        // A stale netrc must never break substitution from a public cache:
+        // serve anonymously and say why the token was not used.
+        if let Some(token) = token_of(req)
+            && let Err(e) = state.auth.check(&token, op, name)
+            && !matches!(e, AuthError::NoAccess | AuthError::Forbidden { .. })
+        {
+            let why = Error::Auth(e);
+            req.extensions_mut()
+                .insert(TokenIgnored(format!("{}: {}", why.code(), why)));
+        }
         return Ok(c.clone());
     }
     require(state, req, op, name)?;

@@ -39,9 +39,14 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         Error::Auth(a) => match a {
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AuthError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            AuthError::InvalidName(_) | AuthError::InvalidDuration(_) => StatusCode::BAD_REQUEST,
             AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::UNAUTHORIZED,
+            AuthError::Malformed(_)
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::Revoked
+            | AuthError::TooLong
+            | AuthError::NoAccess => StatusCode::UNAUTHORIZED,
         },
         Error::Unauthenticated => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -43,6 +43,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/_api/v1")
             .route("/caches", web::post().to(caches::create))
             .route("/caches/{cache}", web::get().to(caches::info))
+            .route("/caches/{cache}", web::patch().to(caches::configure))
+            .route("/caches/{cache}", web::delete().to(caches::destroy))
+            .route("/caches/{cache}/paths/{hash}", web::delete().to(caches::delete_path))
+            .route("/tokens/revoke", web::post().to(tokens::revoke))
             .route("/caches/{cache}/missing", web::post().to(uploads::missing))
             .route("/caches/{cache}/uploads", web::post().to(uploads::create))
             .route("/caches/{cache}/uploads", web::get().to(uploads::list))
@@ -73,6 +77,24 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap_fn(|req, srv| {
+                use actix_web::HttpMessage;
+                use actix_web::dev::Service;
+                let fut = srv.call(req);
+                async move {
+                    let mut res = fut.await?;
+                    let ignored = res.request().extensions().get::<access::TokenIgnored>().cloned();
+                    if let Some(access::TokenIgnored(why)) = ignored
+                        && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&why)
+                    {
+                        res.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static(crate::api::TOKEN_IGNORED),
+                            v,
+                        );
+                    }
+                    Ok(res)
+                }
+            })
             .configure(routes)
     })
     .client_request_timeout(std::time::Duration::from_secs(60))

@@ -4,9 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::json_no_store;
-use crate::api::{CacheInfo, CreateCache};
+use crate::api::{CacheInfo, ConfigureCache, CreateCache};
 use crate::auth::{Operation, parse_duration};
-use crate::db::caches::{self, CacheRow, NewCache};
+use crate::db::caches::{self, CacheChanges, CacheRow, NewCache};
+use crate::db::{nars, uploads};
+use crate::nar::store_path::validate_hash_part;
 use crate::error::{Error, Result};
 use crate::nar::SigningKey;
 use crate::nar::store_path::validate_store_dir;
@@ -23,6 +25,18 @@ pub fn format_secs(secs: i64) -> String {
         }
     }
     format!("{secs}s")
+}
+
+/// Parses a retention duration (`None`: keep forever).
+fn retention(r: Option<&str>) -> Result<Option<i64>> {
+    match r {
+        Some(r) => Ok(Some(
+            parse_duration(r)
+                .map_err(|e| Error::BadRequest(format!("retention {r:?} is not a duration: {e}")))?
+                .as_secs() as i64,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The public view of a cache.
@@ -51,13 +65,7 @@ pub async fn create(
     access::require(&state, &req, Operation::CreateCache, &body.name)?;
     let store_dir = body.store_dir.unwrap_or_else(|| "/nix/store".to_owned());
     validate_store_dir(&store_dir)?;
-    let retention_secs = match &body.retention {
-        Some(r) => Some(parse_duration(r).map_err(|e| {
-            Error::BadRequest(format!("retention {r:?} is not a duration: {e}"))
-        })?
-        .as_secs() as i64),
-        None => None,
-    };
+    let retention_secs = retention(body.retention.as_deref())?;
     let key = SigningKey::generate(&format!("{}-1", body.name))?;
     let new = NewCache {
         name: body.name,
@@ -80,4 +88,67 @@ pub async fn info(
 ) -> Result<HttpResponse> {
     let cache = access::cache_any(&state, &req, &path).await?;
     Ok(json_no_store(StatusCode::OK, &info_of(&state, &cache)?))
+}
+
+/// `PATCH /caches/{cache}`: change settings (configure-cache right).
+pub async fn configure(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<ConfigureCache>,
+) -> Result<HttpResponse> {
+    let cache = access::cache(&state, &req, &path, Operation::ConfigureCache).await?;
+    let body = body.into_inner();
+    if let Some(keys) = &body.upstream_keys
+        && let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains(':') || k.contains(char::is_whitespace))
+    {
+        return Err(Error::BadRequest(format!(
+            "upstream key name {bad:?} is invalid: give key names such as cache.nixos.org-1"
+        )));
+    }
+    let changes = CacheChanges {
+        public: body.public,
+        priority: body.priority,
+        retention_secs: match &body.retention {
+            Some(r) => Some(retention(r.as_deref())?),
+            None => None,
+        },
+        upstream_keys: body.upstream_keys,
+    };
+    let id = cache.id;
+    let row = state
+        .db
+        .write(move |tx| {
+            caches::update(tx, id, &changes)?;
+            caches::get_by_id(tx, id)?.ok_or_else(|| Error::internal("cache vanished"))
+        })
+        .await?;
+    Ok(json_no_store(StatusCode::OK, &info_of(&state, &row)?))
+}
+
+/// `DELETE /caches/{cache}`: the cache, its paths and uploads (destroy-cache right).
+pub async fn destroy(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+    let cache = access::cache(&state, &req, &path, Operation::DestroyCache).await?;
+    let id = cache.id;
+    for upload in state.db.call(move |c| uploads::ids_of_cache(c, id)).await? {
+        state.engine.remove(&upload).await?;
+    }
+    state.db.write(move |tx| caches::delete(tx, id)).await?;
+    Ok(json_no_store(StatusCode::OK, &serde_json::json!({"destroyed": cache.name})))
+}
+
+/// `DELETE /caches/{cache}/paths/{hash}`: unpublish one path (delete right).
+pub async fn delete_path(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (name, hash) = path.into_inner();
+    let cache = access::cache(&state, &req, &name, Operation::Delete).await?;
+    validate_hash_part(&hash)?;
+    let (id, key) = (cache.id, hash.clone());
+    if !state.db.write(move |tx| nars::delete_path(tx, id, &key)).await? {
+        return Err(Error::NotFound(format!("{hash}.narinfo")));
+    }
+    Ok(json_no_store(StatusCode::OK, &serde_json::json!({"deleted": hash})))
 }

@@ -6,6 +6,7 @@ pub mod health;
 pub mod nar;
 pub mod nix_put;
 pub mod reads;
+pub mod tokens;
 pub mod uploads;
 
 use actix_web::HttpResponse;
