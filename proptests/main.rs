@@ -1,4 +1,5 @@
-//! Property tests (one test target): Nix formats and the upload engine.
+//! Property tests (one test target): Nix formats, tokens and the upload engine.
 
+mod auth;
 mod nar;
 mod upload;

@@ -83,34 +83,6 @@ pub struct CreateCache {
     pub retention: Option<String>,
 }
 
-/// `PATCH /_api/v1/caches/{cache}`: absent fields stay as they are.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigureCache {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i64>,
-    /// `Some(None)` (JSON null): keep paths forever.
-    #[serde(
-        default,
-        deserialize_with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub retention: Option<Option<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_keys: Option<Vec<String>>,
-}
-
-/// Tells an absent field (`None`) from an explicit null (`Some(None)`).
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// `POST /_api/v1/tokens/revoke`: one of the two.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +104,63 @@ pub struct CacheInfo {
     pub max_part_size: u64,
     pub upstream_keys: Vec<String>,
     pub retention: Option<String>,
+}
+
+/// `PATCH /_api/v1/caches/{cache}`: only the fields present change.
+/// `retention: null` means "keep forever"; an absent key leaves it as is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureCache {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub retention: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_keys: Option<Vec<String>>,
+}
+
+/// Tells an absent key (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+/// `GET /_api/v1/uploads/{id}` as a client reads it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadStatus {
+    pub id: String,
+    #[serde(default)]
+    pub store_path: String,
+    /// `open`, `verifying`, `committed` or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub parts: Vec<PartAck>,
+    #[serde(default)]
+    pub received_bytes: u64,
+    #[serde(default)]
+    pub expires_at: i64,
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// Every API error body: `{"error": code, "message": sentence, ...}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Parses a `Content-Digest` header value; picks the first algorithm we
