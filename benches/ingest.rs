@@ -119,7 +119,7 @@ fn main() {
         let n = stdout.read(&mut buf).expect("read");
         assert!(n > 0, "ferry serve printed no token");
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(t) = out.lines().skip_while(|l| !l.starts_with("Admin token")).skip(2).next() {
+        if let Some(t) = out.lines().skip_while(|l| !l.starts_with("Admin token")).nth(2) {
             break t.trim().to_owned();
         }
     };

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -93,6 +93,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let auth = Authorizer::new(root.public());
     auth.set_revoked(db.call_blocking(|c| revocations::all(c)).map_err(|e| anyhow::anyhow!("{e:?}"))?);
     let state = AppState {
+        caches: crate::db::caches::CacheIndex::new(db.clone()),
         db,
         store,
         engine,

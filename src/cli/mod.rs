@@ -1,5 +1,6 @@
 //! Command-line parsing; one file per subcommand group holds its glue.
 
+mod client;
 mod serve;
 mod token;
 
@@ -26,6 +27,8 @@ enum Command {
     /// Capability tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// Where the server's configuration and data are.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Token(cmd) => token::run(cmd),
+        Command::Client(cmd) => client::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,3 +128,52 @@ pub fn delete(conn: &Connection, id: i64) -> Result<()> {
     conn.execute("DELETE FROM caches WHERE id = ?1", [id])?;
     Ok(())
 }
+
+/// Cache rows by name, kept in memory: every request looks its cache up,
+/// and caches change only through this server's own API, which calls
+/// [`CacheIndex::forget`]. Absent names are not remembered, so probing
+/// names cannot grow it.
+pub struct CacheIndex {
+    db: super::Db,
+    map: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<CacheRow>>>,
+    /// Bumped by every `forget`, so a lookup that raced with a change does
+    /// not store the row it read before the change.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl CacheIndex {
+    pub fn new(db: super::Db) -> CacheIndex {
+        CacheIndex {
+            db,
+            map: Default::default(),
+            generation: Default::default(),
+        }
+    }
+
+    /// The cache called `name`, if any.
+    pub async fn get(&self, name: &str) -> Result<Option<std::sync::Arc<CacheRow>>> {
+        if let Some(c) = self.map.read().map_err(Error::internal)?.get(name) {
+            return Ok(Some(c.clone()));
+        }
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let key = name.to_owned();
+        let row = self.db.call(move |c| get(c, &key)).await?;
+        let Some(row) = row else { return Ok(None) };
+        let row = std::sync::Arc::new(row);
+        let mut map = self.map.write().map_err(Error::internal)?;
+        if self.generation.load(Ordering::SeqCst) == generation {
+            map.insert(name.to_owned(), row.clone());
+        }
+        Ok(Some(row))
+    }
+
+    /// Drops a cached row after its cache changed or was destroyed.
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut m) = self.map.write() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.remove(name);
+        }
+    }
+}

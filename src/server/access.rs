@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 use super::AppState;
 use crate::auth::{AuthError, Operation};
-use crate::db::caches::{self, CacheRow};
+use crate::db::caches::CacheRow;
 use crate::error::{Error, Result};
 
 /// Why a request's token was ignored (a pull from a public cache with an
@@ -70,8 +70,7 @@ pub fn auth_error(e: AuthError) -> Error {
 /// The cache `name`, if the request may do `op` on it.
 pub async fn cache(state: &AppState, req: &HttpRequest, name: &str, op: Operation) -> Result<CacheRow> {
     check_cache_name(name)?;
-    let key = name.to_owned();
-    let cache = state.db.call(move |c| caches::get(c, &key)).await?;
+    let cache = state.caches.get(name).await?;
     if let Some(c) = cache.as_ref().filter(|c| op == Operation::Pull && c.public) {
         // A stale netrc must never break substitution from a public cache:
         // serve anonymously and say why the token was not used.
@@ -83,10 +82,12 @@ pub async fn cache(state: &AppState, req: &HttpRequest, name: &str, op: Operatio
             req.extensions_mut()
                 .insert(TokenIgnored(format!("{}: {}", why.code(), why)));
         }
-        return Ok(c.clone());
+        return Ok(CacheRow::clone(c));
     }
     require(state, req, op, name)?;
-    cache.ok_or_else(|| Error::CacheNotFound(name.to_owned()))
+    cache
+        .map(|c| CacheRow::clone(&c))
+        .ok_or_else(|| Error::CacheNotFound(name.to_owned()))
 }
 
 /// The cache `name`, if the request has any right on it (reading its

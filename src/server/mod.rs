@@ -17,6 +17,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::auth::Authorizer;
 use crate::db::Db;
+use crate::db::caches::CacheIndex;
 use crate::error::Error;
 use crate::store::SharedStore;
 use crate::upload::Engine;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub store: SharedStore,
     pub engine: Arc<Engine>,
     pub auth: Authorizer,
+    /// Cache rows by name (forget a name after changing its cache).
+    pub caches: CacheIndex,
 }
 
 /// The route table, also used by in-process tests.

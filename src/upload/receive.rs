@@ -257,8 +257,9 @@ impl Engine {
         {
             let mut s = slot.lock().await;
             s.present.insert(n);
-            if existing.is_some() && s.verifier.as_ref().is_some_and(|v| v.next > n) {
-                // A replaced part invalidates whatever was folded from it.
+            if existing.is_some() && (s.failed.is_some() || s.verifier.as_ref().is_some_and(|v| v.next > n)) {
+                // A replaced part invalidates whatever was folded from it,
+                // and may cure a failure the verifier met.
                 s.stale = true;
             }
         }

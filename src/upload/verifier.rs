@@ -237,8 +237,7 @@ impl Verifier {
                 if let Err(e) = dec.flush() {
                     return Err(sink_error(dec.get_mut(), e));
                 }
-                let sink = dec.into_inner();
-                sink
+                dec.into_inner()
             }
             Pipeline::Plain(sink) => sink,
         };

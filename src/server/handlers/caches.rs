@@ -123,6 +123,7 @@ pub async fn configure(
             caches::get_by_id(tx, id)?.ok_or_else(|| Error::internal("cache vanished"))
         })
         .await?;
+    state.caches.forget(&cache.name);
     Ok(json_no_store(StatusCode::OK, &info_of(&state, &row)?))
 }
 
@@ -134,6 +135,7 @@ pub async fn destroy(state: web::Data<AppState>, req: HttpRequest, path: web::Pa
         state.engine.remove(&upload).await?;
     }
     state.db.write(move |tx| caches::delete(tx, id)).await?;
+    state.caches.forget(&cache.name);
     Ok(json_no_store(StatusCode::OK, &serde_json::json!({"destroyed": cache.name})))
 }
 

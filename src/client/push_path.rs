@@ -1,0 +1,286 @@
+//! Pushing one store path: pick up or create its upload, stream its parts
+//! (several in flight, each retried alone), wait for its references, then
+//! complete and wait for the verdict.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::http::{Api, Completed, UploadStart};
+use super::parts::NarStream;
+use super::pathinfo::PathInfo;
+use super::progress::Progress;
+use super::resume::StateFile;
+use super::{ClientError, Result};
+use crate::api::CreateUpload;
+
+/// What all path tasks of one push share.
+pub(crate) struct Ctx {
+    pub api: Api,
+    pub cache: String,
+    /// Requested part size, already capped by the server's `max_part_size`.
+    pub part_size: u64,
+    pub state: StateFile,
+    /// One permit per part buffer in memory: bounds memory to
+    /// `permits × part_size`.
+    pub part_permits: Arc<Semaphore>,
+    pub progress: Progress,
+    pub bytes_sent: AtomicU64,
+    /// Per path being pushed: `None` while pending, then whether it was
+    /// committed. Referrers wait on it before they complete.
+    pub done: HashMap<String, watch::Receiver<Option<bool>>>,
+}
+
+/// How a path ended.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    Pushed,
+    Deduplicated,
+}
+
+/// A part read from the NAR stream, with the permit for its buffer.
+struct Produced {
+    n: u32,
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why the parts of an upload could not all be sent.
+enum SendError {
+    /// A re-produced part differs from the one the server acknowledged.
+    Restart(u32),
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for SendError {
+    fn from(e: ClientError) -> Self {
+        SendError::Fatal(e)
+    }
+}
+
+/// Pushes `info`; its bar is advanced as NAR bytes are read.
+pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) -> Result<Outcome> {
+    let path = info.path.clone();
+    let fail = |message: String| ClientError::Push { path: path.clone(), message };
+    let mut restarts = 0;
+    let (id, parts) = loop {
+        let (id, part_size, known) = match prepare(&ctx, &info).await? {
+            Prepared::Committed(outcome) => return Ok(outcome),
+            Prepared::Upload { id, part_size, known } => (id, part_size, known),
+        };
+        match send_parts(&ctx, &path, &id, part_size, known, &bar).await {
+            Ok(n) => break (id, n),
+            Err(SendError::Fatal(e)) => return Err(e),
+            Err(SendError::Restart(n)) => {
+                restarts += 1;
+                ctx.progress.println(&format!(
+                    "{path}: part {n} differs from the one the server has; starting this path again"
+                ));
+                let _ = ctx.api.abandon(&id).await;
+                ctx.state.forget(&path)?;
+                if restarts > 2 {
+                    return Err(fail("the NAR changes between dumps; is the store path being modified?".into()));
+                }
+            }
+        }
+    };
+    wait_for_references(&ctx, &info).await?;
+    bar.set_message("verifying");
+    let done = match ctx.api.complete(&id, parts).await {
+        Ok(Completed::Committed) => Ok(()),
+        Ok(Completed::Verifying) => poll_until_settled(&ctx.api, &id).await,
+        // A retried `complete` may find the upload already closed.
+        Err(e) if e.status() == Some(409) => poll_until_settled(&ctx.api, &id).await.map_err(|_| e),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &done
+        && matches!(e.api_code(), Some("nar_hash_mismatch" | "nar_size_mismatch") | Some("upload_failed"))
+    {
+        ctx.state.forget(&path)?;
+    }
+    done?;
+    ctx.state.forget(&path)?;
+    Ok(Outcome::Pushed)
+}
+
+enum Prepared {
+    Committed(Outcome),
+    Upload { id: String, part_size: u64, known: BTreeMap<u32, String> },
+}
+
+/// Picks up the recorded upload of the path if the server still has it
+/// open, else starts a new one.
+async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
+    if let Some(saved) = ctx.state.get(&info.path) {
+        match ctx.api.upload_status(&saved.upload_id).await {
+            Ok(st) if st.state == "open" => {
+                let known: BTreeMap<u32, String> = st.parts.into_iter().map(|p| (p.n, p.blake3)).collect();
+                let conflict = saved.parts.iter().any(|(n, b)| known.get(n).is_some_and(|k| k != b));
+                if !conflict {
+                    return Ok(Prepared::Upload { id: saved.upload_id, part_size: saved.part_size, known });
+                }
+                let _ = ctx.api.abandon(&saved.upload_id).await;
+            }
+            Ok(st) if st.state == "committed" || st.state == "verifying" => {
+                if poll_until_settled(&ctx.api, &saved.upload_id).await.is_ok() {
+                    ctx.state.forget(&info.path)?;
+                    return Ok(Prepared::Committed(Outcome::Pushed));
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => return Err(e),
+        }
+        ctx.state.forget(&info.path)?;
+    }
+    let req = CreateUpload {
+        store_path: info.path.clone(),
+        nar_hash: info.nar_hash.clone().unwrap_or_default(),
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        ca: info.ca.clone(),
+        sigs: info.signatures.clone(),
+        compression: Some("zstd".into()),
+    };
+    match ctx.api.create_upload(&ctx.cache, &req).await? {
+        UploadStart::Committed => Ok(Prepared::Committed(Outcome::Deduplicated)),
+        UploadStart::Created(c) => {
+            let part_size = ctx.part_size.min(c.max_part_size).max(1);
+            ctx.state.start(&info.path, &c.id, part_size)?;
+            Ok(Prepared::Upload { id: c.id, part_size, known: BTreeMap::new() })
+        }
+    }
+}
+
+/// Dumps and compresses the NAR, sends every part the server lacks, and
+/// returns the number of parts.
+async fn send_parts(
+    ctx: &Arc<Ctx>,
+    path: &str,
+    id: &str,
+    part_size: u64,
+    known: BTreeMap<u32, String>,
+    bar: &ProgressBar,
+) -> Result<u32, SendError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Produced>();
+    let producer = {
+        let (ctx, path, bar) = (ctx.clone(), path.to_owned(), bar.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> Result<u32> {
+            let mut stream = NarStream::start(&path)?;
+            let (mut n, mut seen) = (0u32, 0u64);
+            loop {
+                let permit = handle
+                    .block_on(ctx.part_permits.clone().acquire_owned())
+                    .map_err(|_| ClientError::Nix("the push was stopped".into()))?;
+                let Some(bytes) = stream.next_part(part_size as usize)? else { break };
+                n += 1;
+                let now = stream.nar_bytes.load(Ordering::Relaxed);
+                ctx.progress.add_bytes(now - seen);
+                bar.set_position(now);
+                seen = now;
+                if tx.send(Produced { n, bytes, _permit: permit }).is_err() {
+                    break;
+                }
+            }
+            Ok(n)
+        })
+    };
+    let mut puts: JoinSet<Result<()>> = JoinSet::new();
+    while let Some(part) = rx.recv().await {
+        while let Some(done) = puts.try_join_next() {
+            flatten(done)?;
+        }
+        let hash = blake3::hash(&part.bytes).to_hex().to_string();
+        if let Some(acked) = known.get(&part.n) {
+            if *acked == hash {
+                continue; // the server has this part already
+            }
+            return Err(SendError::Restart(part.n));
+        }
+        let (ctx, path, id) = (ctx.clone(), path.to_owned(), id.to_owned());
+        puts.spawn(async move {
+            let Produced { n, bytes, _permit } = part;
+            let len = bytes.len() as u64;
+            let ack = ctx.api.put_part(&id, n, Bytes::from(bytes)).await?;
+            if ack.blake3 != hash || ack.size != len {
+                return Err(ClientError::Push {
+                    path,
+                    message: format!("the server acknowledged part {n} with other bytes than were sent"),
+                });
+            }
+            ctx.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            ctx.state.ack(&path, n, &ack.blake3)
+        });
+    }
+    while let Some(done) = puts.join_next().await {
+        flatten(done)?;
+    }
+    let n = producer
+        .await
+        .map_err(|e| ClientError::Nix(format!("the NAR reader stopped: {e}")))??;
+    Ok(n)
+}
+
+fn flatten(r: Result<Result<()>, tokio::task::JoinError>) -> Result<(), SendError> {
+    match r {
+        Ok(inner) => inner.map_err(SendError::Fatal),
+        Err(e) => Err(SendError::Fatal(ClientError::Nix(format!("a part upload stopped: {e}")))),
+    }
+}
+
+/// Waits until every reference pushed alongside this path is committed.
+async fn wait_for_references(ctx: &Ctx, info: &PathInfo) -> Result<()> {
+    for r in info.references.iter().filter(|r| **r != info.path) {
+        let Some(rx) = ctx.done.get(r) else { continue };
+        let mut rx = rx.clone();
+        let ok = rx.wait_for(|v| v.is_some()).await.map(|v| *v == Some(true)).unwrap_or(false);
+        if !ok {
+            return Err(ClientError::Push {
+                path: info.path.clone(),
+                message: format!("not published because its reference {r} failed to push"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Polls an upload until it is committed (`Ok`) or failed (`Err`).
+async fn poll_until_settled(api: &Api, id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        let st = api.upload_status(id).await?;
+        match st.state.as_str() {
+            "committed" => return Ok(()),
+            "failed" => {
+                return Err(ClientError::Push {
+                    path: st.store_path,
+                    message: format!(
+                        "the server refused the upload: {}",
+                        st.error.map(|e| e.to_string()).unwrap_or_else(|| "no reason given".into())
+                    ),
+                });
+            }
+            "open" => {
+                return Err(ClientError::Push {
+                    path: st.store_path,
+                    message: "the server still waits for parts of this upload".into(),
+                });
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(ClientError::Push {
+                    path: st.store_path,
+                    message: "the server has been verifying for an hour; check its logs".into(),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
