@@ -13,7 +13,7 @@ use ferry::db::uploads::UploadMeta;
 use ferry::db::Db;
 use ferry::nar::{Sha256Hash, SigningKey, StorePath, Tree, write_nar};
 use ferry::store::{ChainReader, ChunkRef, LocalStore, SharedStore};
-use ferry::upload::{Completion, Compression, Created, Engine, EngineConfig, NewUpload};
+use ferry::upload::{Completion, Compression, Created, Engine, EngineConfig, NewUpload, PartRules};
 use proptest::prelude::*;
 
 fn tree() -> impl Strategy<Value = Tree> {
@@ -88,7 +88,8 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
             handles.push(tokio::spawn(async move {
                 let len = chunk.len() as u64;
                 let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(chunk)]);
-                engine.put_part(&id, i as u64 + 1, Some(len), None, stream).await.unwrap();
+                let rules = PartRules { content_length: Some(len), ..PartRules::default() };
+                engine.put_part(&id, i as u64 + 1, rules, stream).await.unwrap();
             }));
         }
         for h in handles {

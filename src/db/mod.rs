@@ -13,6 +13,7 @@
 pub mod caches;
 pub mod nars;
 pub mod revocations;
+pub mod tus;
 pub mod uploads;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../schema/0001_init.sql")),
     ("0002_revocations", include_str!("../../schema/0002_revocations.sql")),
+    ("0003_tus", include_str!("../../schema/0003_tus.sql")),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 use crate::store::SharedStore;
 
-pub use receive::{DigestAlgorithm, ExpectedDigest};
+pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;
 
 /// Engine settings.

@@ -23,11 +23,26 @@ use crate::store::fsync_dir;
 /// Largest part number accepted.
 pub const MAX_PART_NUMBER: u64 = 100_000;
 
-/// Digest algorithms a client may send in `Content-Digest`.
+/// Digest algorithms a client may declare for a body: `Content-Digest`
+/// (sha-256, blake3) or tus `Upload-Checksum` (sha1, md5, sha256).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DigestAlgorithm {
     Sha256,
     Blake3,
+    Sha1,
+    Md5,
+}
+
+impl DigestAlgorithm {
+    /// The name used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha-256",
+            DigestAlgorithm::Blake3 => "blake3",
+            DigestAlgorithm::Sha1 => "sha1",
+            DigestAlgorithm::Md5 => "md5",
+        }
+    }
 }
 
 /// A digest the client declared for a part body.
@@ -41,21 +56,57 @@ pub struct ExpectedDigest {
 pub struct Received {
     pub size: u64,
     pub blake3: String,
-    pub sha256: Option<[u8; 32]>,
+    /// The digest asked for (other than blake3), when one was.
+    pub digest: Option<Vec<u8>>,
+}
+
+/// The one extra digest computed beside blake3, if any.
+enum Extra {
+    None,
+    Sha256(Sha256),
+    Sha1(sha1::Sha1),
+    Md5(md5::Md5),
+}
+
+impl Extra {
+    fn new(alg: Option<DigestAlgorithm>) -> Extra {
+        match alg {
+            Some(DigestAlgorithm::Sha256) => Extra::Sha256(Sha256::new()),
+            Some(DigestAlgorithm::Sha1) => Extra::Sha1(sha1::Sha1::new()),
+            Some(DigestAlgorithm::Md5) => Extra::Md5(md5::Md5::new()),
+            Some(DigestAlgorithm::Blake3) | None => Extra::None,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Extra::None => {}
+            Extra::Sha256(h) => h.update(data),
+            Extra::Sha1(h) => h.update(data),
+            Extra::Md5(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        match self {
+            Extra::None => None,
+            Extra::Sha256(h) => Some(h.finalize().to_vec()),
+            Extra::Sha1(h) => Some(h.finalize().to_vec()),
+            Extra::Md5(h) => Some(h.finalize().to_vec()),
+        }
+    }
 }
 
 struct Sink {
     file: File,
     blake: blake3::Hasher,
-    sha: Option<Sha256>,
+    extra: Extra,
 }
 
 impl Sink {
     fn put(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.blake.update(data);
-        if let Some(sha) = &mut self.sha {
-            sha.update(data);
-        }
+        self.extra.update(data);
         self.file.write_all(data)
     }
 }
@@ -63,8 +114,16 @@ impl Sink {
 const BATCH: usize = 1 << 20;
 
 /// Streams `body` into a new file at `path`, fsyncs it, and hashes it.
-/// Stops with `PartTooLarge` past `limit` bytes.
-pub async fn write_stream<S, E>(path: &Path, mut body: S, limit: u64, want_sha: bool) -> Result<Received>
+/// Stops with `PartTooLarge` past `limit` bytes. When the body breaks off
+/// (the client went away), what arrived is still written, fsynced and
+/// described, and the break is returned beside it: a door that keeps cut
+/// bodies (tus) can use the prefix.
+pub async fn write_stream<S, E>(
+    path: &Path,
+    mut body: S,
+    limit: u64,
+    extra: Option<DigestAlgorithm>,
+) -> Result<(Received, Option<Error>)>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: Display,
@@ -73,7 +132,7 @@ where
     let mut sink = Some(Sink {
         file,
         blake: blake3::Hasher::new(),
-        sha: want_sha.then(Sha256::new),
+        extra: Extra::new(extra),
     });
     let mut size = 0u64;
     let mut batch = BytesMut::with_capacity(BATCH);
@@ -91,8 +150,15 @@ where
             Ok::<_, Error>(s)
         }
     };
+    let mut broke = None;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::BadRequest(format!("the request body broke off: {e}")))?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                broke = Some(Error::BadRequest(format!("the request body broke off: {e}")));
+                break;
+            }
+        };
         size += chunk.len() as u64;
         if size > limit {
             return Err(Error::PartTooLarge { size, limit });
@@ -108,36 +174,46 @@ where
         sink = flush(&mut sink, data).await?;
     }
     let sink = sink.ok_or_else(|| Error::internal("sink lost"))?;
-    tokio::task::spawn_blocking(move || -> Result<Received> {
+    let received = tokio::task::spawn_blocking(move || -> Result<Received> {
         sink.file.sync_all()?;
         Ok(Received {
             size,
             blake3: sink.blake.finalize().to_hex().to_string(),
-            sha256: sink.sha.map(|s| s.finalize().into()),
+            digest: sink.extra.finish(),
         })
     })
     .await
-    .map_err(Error::internal)?
+    .map_err(Error::internal)??;
+    Ok((received, broke))
 }
 
 fn check_digest(got: &Received, want: &ExpectedDigest) -> Result<()> {
-    let (name, actual): (&str, Vec<u8>) = match want.algorithm {
-        DigestAlgorithm::Sha256 => ("sha-256", got.sha256.map(|h| h.to_vec()).unwrap_or_default()),
-        DigestAlgorithm::Blake3 => (
-            "blake3",
-            hex::decode(&got.blake3).map_err(Error::internal)?,
-        ),
+    let actual: Vec<u8> = match want.algorithm {
+        DigestAlgorithm::Blake3 => hex::decode(&got.blake3).map_err(Error::internal)?,
+        _ => got.digest.clone().unwrap_or_default(),
     };
     if actual != want.value {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         return Err(Error::PartDigestMismatch {
-            algorithm: name.to_owned(),
+            algorithm: want.algorithm.name().to_owned(),
             expected: b64.encode(&want.value),
             actual: b64.encode(&actual),
         });
     }
     Ok(())
+}
+
+/// How a door wants a part body received.
+#[derive(Clone, Debug, Default)]
+pub struct PartRules {
+    /// The declared length; required unless `keep_partial`.
+    pub content_length: Option<u64>,
+    /// A digest to check; on mismatch nothing is kept.
+    pub digest: Option<ExpectedDigest>,
+    /// Keep a body cut short (tus semantics) instead of refusing it.
+    /// Ignored when a digest is given: a cut body cannot match it.
+    pub keep_partial: bool,
 }
 
 fn temp_name(dir: &Path, n: u64) -> PathBuf {
@@ -157,8 +233,7 @@ impl Engine {
         self: &Arc<Self>,
         id: &str,
         n: u64,
-        content_length: Option<u64>,
-        digest: Option<ExpectedDigest>,
+        rules: PartRules,
         body: S,
     ) -> Result<PartRow>
     where
@@ -169,31 +244,41 @@ impl Engine {
             return Err(Error::BadPartNumber(n));
         }
         let limit = self.cfg.max_part_size;
-        let expected = content_length.ok_or(Error::LengthRequired)?;
-        if expected > limit {
-            return Err(Error::PartTooLarge {
-                size: expected,
-                limit,
-            });
+        let keep_partial = rules.keep_partial && rules.digest.is_none();
+        let expected = match rules.content_length {
+            Some(l) => Some(l),
+            None if keep_partial => None,
+            None => return Err(Error::LengthRequired),
+        };
+        if let Some(size) = expected.filter(|l| *l > limit) {
+            return Err(Error::PartTooLarge { size, limit });
         }
         let row = self.get(id).await?;
         ensure_open(&row.id, row.state)?;
         let dir = self.dir_of(id);
         let tmp = temp_name(&dir, n);
-        let want_sha = matches!(&digest, Some(d) if d.algorithm == DigestAlgorithm::Sha256);
-        let received = match write_stream(&tmp, body, limit, want_sha).await {
+        let alg = rules.digest.as_ref().map(|d| d.algorithm);
+        let (received, broke) = match write_stream(&tmp, body, limit, alg).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        let checked = if received.size != expected {
+        let checked = if keep_partial {
+            match broke {
+                _ if received.size > 0 => Ok(()),
+                Some(e) => Err(e),
+                None => Err(Error::BadRequest("the request body was empty".into())),
+            }
+        } else if let Some(e) = broke {
+            Err(e)
+        } else if let Some(e) = expected.filter(|e| *e != received.size) {
             Err(Error::PartTruncated {
                 got: received.size,
-                expected,
+                expected: e,
             })
-        } else if let Some(d) = &digest {
+        } else if let Some(d) = &rules.digest {
             check_digest(&received, d)
         } else {
             Ok(())
@@ -257,7 +342,8 @@ impl Engine {
         {
             let mut s = slot.lock().await;
             s.present.insert(n);
-            if existing.is_some() && (s.failed.is_some() || s.verifier.as_ref().is_some_and(|v| v.next > n)) {
+            let folded = s.verifier.as_ref().is_some_and(|v| v.next > n);
+            if existing.is_some() && (folded || s.failed.is_some()) {
                 // A replaced part invalidates whatever was folded from it,
                 // and may cure a failure the verifier met.
                 s.stale = true;
@@ -308,8 +394,12 @@ impl Engine {
         let dir = self.uploads_dir.join("staged");
         std::fs::create_dir_all(&dir)?;
         let tmp = temp_name(&dir, 0);
-        let received = match write_stream(&tmp, body, u64::MAX, false).await {
-            Ok(r) => r,
+        let received = match write_stream(&tmp, body, u64::MAX, None).await {
+            Ok((r, None)) => r,
+            Ok((_, Some(e))) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);

@@ -1,0 +1,54 @@
+//! Nix's own `nix copy --to` with a netrc token.
+
+use super::support::{copy_back_and_compare, create_cache, netrc};
+use crate::common::{self, ClosureSpec, InProcess};
+use ferry::auth::Operation;
+use std::time::Duration;
+
+#[test]
+fn nix_copy_to_with_netrc() {
+    let server = InProcess::start();
+    let key = create_cache(&server.url, &server.admin_token, "cache", false);
+    let push = server.mint(
+        &[(Operation::Pull, "cache"), (Operation::Push, "cache")],
+        Duration::from_secs(3600),
+    );
+    let built = common::build_closure(
+        &ClosureSpec::new("copy-to")
+            .compressible("text", 2_000_000)
+            .random("rnd", 500_000),
+    );
+    assert_eq!(built.paths.len(), 3);
+
+    let (_d, push_netrc) = netrc(&push);
+    let url = format!("{}/cache?compression=zstd", server.url);
+    if let Err(e) = common::nix_copy_to(&url, &[built.top.as_str()], Some(&push_netrc)) {
+        panic!("nix copy --to {url}: {e:?}");
+    }
+    // Every path is now there and signed by the cache key.
+    for p in &built.paths {
+        let hash = &p.rsplit('/').next().unwrap()[..32];
+        let r = common::http_request(
+            "GET",
+            &format!("{}/cache/{hash}.narinfo", server.url),
+            &[&format!("Authorization: Bearer {push}")],
+            common::Body::None,
+        );
+        assert_eq!(r.status, 200, "narinfo of {p}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains(&format!("StorePath: {p}\n")), "{text}");
+        assert!(text.contains("Compression: zstd\n"), "{text}");
+        let key_name = key.split(':').next().unwrap();
+        assert!(text.contains(&format!("Sig: {key_name}:")), "{text}");
+    }
+
+    let pull = server.mint(&[(Operation::Pull, "cache")], Duration::from_secs(3600));
+    let (_d2, pull_netrc) = netrc(&pull);
+    copy_back_and_compare(
+        &format!("{}/cache", server.url),
+        &key,
+        Some(&pull_netrc),
+        &built.top,
+        &built.paths,
+    );
+}
