@@ -31,6 +31,11 @@ pub struct Config {
     pub upload_expiry_secs: u64,
     /// zstd level for plain NARs the server compresses (1–19).
     pub zstd_level: i32,
+    /// Largest tus upload accepted (`Tus-Max-Size`), in bytes.
+    pub tus_max_size: u64,
+    /// Origins allowed to use the tus endpoint from a browser (CORS);
+    /// `["*"]` allows any. Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -42,6 +47,8 @@ impl Default for Config {
             force_max_part_size: false,
             upload_expiry_secs: 24 * 3600,
             zstd_level: crate::store::zstd_io::DEFAULT_LEVEL,
+            tus_max_size: 1 << 40,
+            cors_origins: vec![],
         }
     }
 }

@@ -63,6 +63,20 @@ pub enum Error {
     InvalidCompression(String),
     #[error("no NAR file was uploaded at {0}: PUT the NAR before its narinfo")]
     NarFileMissing(String),
+    #[error("Upload-Offset is {got} but the upload is at {expected}: send HEAD and resume from its offset")]
+    TusOffsetMismatch { expected: u64, got: u64 },
+    #[error("the chunk's Upload-Checksum does not match: it was not kept, send it again")]
+    TusChecksumMismatch,
+    #[error("a final (concatenated) upload takes no PATCH: send bytes to its partial uploads")]
+    TusFinalPatch,
+    #[error("the upload would grow to {would_be} bytes, over its Upload-Length of {length}")]
+    TusLengthExceeded { length: u64, would_be: u64 },
+    #[error("Upload-Length {size} is over this server's Tus-Max-Size of {limit} bytes")]
+    TusTooLarge { size: u64, limit: u64 },
+    #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
+    TusVersion,
+    #[error("a PATCH body must be sent with Content-Type: application/offset+octet-stream")]
+    TusContentType,
     #[error("the upload failed verification earlier; start a new upload")]
     UploadFailed(serde_json::Value),
     #[error("{0} not found")]
@@ -113,6 +127,13 @@ impl Error {
             Error::InvalidCompression(_) => "invalid_compression",
             Error::NarFileMissing(_) => "nar_file_missing",
             Error::UploadFailed(_) => "upload_failed",
+            Error::TusOffsetMismatch { .. } => "offset_mismatch",
+            Error::TusChecksumMismatch => "checksum_mismatch",
+            Error::TusFinalPatch => "final_upload_patch",
+            Error::TusLengthExceeded { .. } => "upload_length_exceeded",
+            Error::TusVersion => "unsupported_tus_version",
+            Error::TusTooLarge { .. } => "upload_too_large",
+            Error::TusContentType => "unsupported_media_type",
             Error::NotFound(_) => "not_found",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::Auth(e) => match e {
@@ -158,6 +179,7 @@ impl Error {
                 json!({"expected": expected, "actual": actual})
             }
             Error::PartTruncated { got, expected } => json!({"received": got, "expected": expected}),
+            Error::TusOffsetMismatch { expected, got } => json!({"offset": expected, "sent": got}),
             _ => json!({}),
         };
         if let (Some(b), Some(d)) = (body.as_object_mut(), details.as_object()) {

@@ -94,6 +94,10 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     auth.set_revoked(db.call_blocking(|c| revocations::all(c)).map_err(|e| anyhow::anyhow!("{e:?}"))?);
     let state = AppState {
         caches: crate::db::caches::CacheIndex::new(db.clone()),
+        tus: crate::server::TusSettings {
+            max_size: cfg.tus_max_size,
+            cors_origins: cfg.cors_origins.clone(),
+        },
         db,
         store,
         engine,

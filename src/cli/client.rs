@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use ferry::api::{CacheInfo, ConfigureCache, CreateCache};
+use ferry::api::CacheInfo;
 use ferry::client::config::{ClientConfig, Target, config_path, xdg_config_home};
 use ferry::client::http::Api;
 use ferry::client::nixconf::{self, UseSettings};
@@ -16,13 +16,15 @@ use ferry::client::push::{PushOptions, push};
 use ferry::client::resume::StateFile;
 use ferry::client::watch::watch_store;
 
+mod cache;
+
 #[derive(Subcommand)]
 pub enum ClientCommand {
     /// Save a server (URL and token) under a NAME in ~/.config/ferry/config.toml.
     Login(LoginArgs),
     /// Create, show, configure or destroy a cache.
     #[command(subcommand)]
-    Cache(CacheCommand),
+    Cache(cache::CacheCommand),
     /// Push store paths (with their closure) to NAME:CACHE.
     Push(PushArgs),
     /// Make Nix use NAME:CACHE: nix.conf block + netrc line (offline).
@@ -46,62 +48,6 @@ pub struct LoginArgs {
     /// Make this the server used when a target names no server.
     #[arg(long)]
     set_default: bool,
-}
-
-#[derive(Subcommand)]
-pub enum CacheCommand {
-    /// Create a cache.
-    Create(CreateArgs),
-    /// Show a cache's settings and public key (and remember them for `ferry use`).
-    Info(TargetArg),
-    /// Change a cache's settings.
-    Configure(ConfigureArgs),
-    /// Destroy a cache and everything in it.
-    Destroy(TargetArg),
-}
-
-#[derive(Args)]
-pub struct TargetArg {
-    /// NAME:CACHE (or CACHE on the default server).
-    target: String,
-}
-
-#[derive(Args)]
-pub struct CreateArgs {
-    /// NAME:CACHE (or CACHE on the default server).
-    target: String,
-    /// Anyone may pull without a token.
-    #[arg(long)]
-    public: bool,
-    /// Substituter priority (lower is tried first; default 41).
-    #[arg(long)]
-    priority: Option<i64>,
-    /// Store directory of the cache (default /nix/store).
-    #[arg(long)]
-    store_dir: Option<String>,
-    /// Remove paths not pushed or pulled for this long ("6 months", "30d").
-    #[arg(long)]
-    retention: Option<String>,
-}
-
-#[derive(Args)]
-pub struct ConfigureArgs {
-    /// NAME:CACHE (or CACHE on the default server).
-    target: String,
-    /// Make the cache public (true) or private (false).
-    #[arg(long)]
-    public: Option<bool>,
-    #[arg(long)]
-    priority: Option<i64>,
-    /// A duration ("6 months", "30d"), or "forever".
-    #[arg(long)]
-    retention: Option<String>,
-    /// Upstream key names whose paths `push` skips (repeat; replaces the list).
-    #[arg(long = "upstream-key", value_name = "KEY")]
-    upstream_keys: Vec<String>,
-    /// Clear the upstream key list (push everything).
-    #[arg(long, conflicts_with = "upstream_keys")]
-    no_upstream_keys: bool,
 }
 
 #[derive(Args)]
@@ -166,7 +112,7 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
     match cmd {
         ClientCommand::Login(a) => login(a),
         ClientCommand::Use(a) => use_cache(a),
-        ClientCommand::Cache(c) => runtime()?.block_on(cache(c)),
+        ClientCommand::Cache(c) => runtime()?.block_on(cache::run(c)),
         ClientCommand::Push(a) => runtime()?.block_on(push_cmd(a)),
         ClientCommand::WatchStore(a) => runtime()?.block_on(watch(a)),
     }
@@ -192,7 +138,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size such as 64MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 64MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -201,7 +149,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "g" | "gib" => 1 << 30,
         "gb" => 1_000_000_000,
-        u => return Err(format!("unknown size unit {u:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
     match n.checked_mul(mult) {
         Some(0) | None => Err(format!("{s:?} is not a usable part size")),
@@ -209,6 +161,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// The saved config and the target a command names.
 struct Loaded {
     path: PathBuf,
     config: ClientConfig,
@@ -220,7 +173,11 @@ impl Loaded {
         let path = config_path()?;
         let config = ClientConfig::load_from(&path)?;
         let target = config.target(spec)?;
-        Ok(Loaded { path, config, target })
+        Ok(Loaded {
+            path,
+            config,
+            target,
+        })
     }
 
     fn api(&self) -> anyhow::Result<Api> {
@@ -237,7 +194,9 @@ impl Loaded {
 fn login(a: LoginArgs) -> anyhow::Result<()> {
     let token = match (&a.token, &a.token_file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
         (None, None) => bail!("give the token, or --token-file FILE"),
     };
     if token.trim().is_empty() {
@@ -247,69 +206,13 @@ fn login(a: LoginArgs) -> anyhow::Result<()> {
     let mut config = ClientConfig::load_from(&path)?;
     config.login(&a.name, &a.url, &token, a.set_default)?;
     config.save_to(&path)?;
-    eprintln!("saved server {:?} ({}) in {}", a.name, a.url, path.display());
+    eprintln!(
+        "saved server {:?} ({}) in {}",
+        a.name,
+        a.url,
+        path.display()
+    );
     Ok(())
-}
-
-async fn cache(cmd: CacheCommand) -> anyhow::Result<()> {
-    match cmd {
-        CacheCommand::Create(a) => {
-            let mut l = Loaded::new(&a.target)?;
-            let req = CreateCache {
-                name: l.target.cache.clone(),
-                public: a.public,
-                priority: a.priority,
-                store_dir: a.store_dir,
-                retention: a.retention,
-            };
-            let info = l.api()?.create_cache(&req).await?;
-            l.remember(&info)?;
-            print_info(&info);
-        }
-        CacheCommand::Info(a) => {
-            let mut l = Loaded::new(&a.target)?;
-            let info = l.api()?.cache_info(&l.target.cache).await?;
-            l.remember(&info)?;
-            print_info(&info);
-        }
-        CacheCommand::Configure(a) => {
-            let mut l = Loaded::new(&a.target)?;
-            let req = ConfigureCache {
-                public: a.public,
-                priority: a.priority,
-                retention: a.retention.map(|r| Some(r).filter(|r| r != "forever")),
-                upstream_keys: if a.no_upstream_keys {
-                    Some(vec![])
-                } else {
-                    Some(a.upstream_keys).filter(|k| !k.is_empty())
-                },
-            };
-            let info = l.api()?.configure_cache(&l.target.cache, &req).await?;
-            l.remember(&info)?;
-            print_info(&info);
-        }
-        CacheCommand::Destroy(a) => {
-            let mut l = Loaded::new(&a.target)?;
-            l.api()?.destroy_cache(&l.target.cache).await?;
-            if let Some(s) = l.config.servers.get_mut(&l.target.server) {
-                s.caches.remove(&l.target.cache);
-            }
-            l.config.save_to(&l.path)?;
-            eprintln!("destroyed {}:{}", l.target.server, l.target.cache);
-        }
-    }
-    Ok(())
-}
-
-fn print_info(i: &CacheInfo) {
-    println!("name:          {}", i.name);
-    println!("public:        {}", i.public);
-    println!("priority:      {}", i.priority);
-    println!("store-dir:     {}", i.store_dir);
-    println!("public-key:    {}", i.public_key);
-    println!("max-part-size: {}", i.max_part_size);
-    println!("upstream-keys: {}", i.upstream_keys.join(" "));
-    println!("retention:     {}", i.retention.as_deref().unwrap_or("forever"));
 }
 
 async fn push_cmd(a: PushArgs) -> anyhow::Result<()> {
@@ -317,7 +220,9 @@ async fn push_cmd(a: PushArgs) -> anyhow::Result<()> {
     let mut paths = a.paths.clone();
     if a.stdin {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read paths from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read paths from stdin")?;
         paths.extend(s.split_whitespace().map(str::to_owned));
     }
     if paths.is_empty() {
@@ -368,9 +273,13 @@ fn use_cache(a: UseArgs) -> anyhow::Result<()> {
     };
     let netrc = match a.netrc {
         Some(p) => p,
-        None => nix_conf.parent().map(|d| d.join("netrc")).unwrap_or_else(|| PathBuf::from("netrc")),
+        None => nix_conf
+            .parent()
+            .map(|d| d.join("netrc"))
+            .unwrap_or_else(|| PathBuf::from("netrc")),
     };
-    let netrc = std::path::absolute(&netrc).with_context(|| format!("cannot resolve {}", netrc.display()))?;
+    let netrc = std::path::absolute(&netrc)
+        .with_context(|| format!("cannot resolve {}", netrc.display()))?;
     let settings = UseSettings {
         marker: format!("{}:{}", l.target.server, l.target.cache),
         substituter: format!("{}/{}", server.url, l.target.cache),
@@ -382,7 +291,11 @@ fn use_cache(a: UseArgs) -> anyhow::Result<()> {
         print!("{block}");
         return Ok(());
     }
-    let conf = nixconf::rewrite_nix_conf(&nixconf::read_or_empty(&nix_conf)?, &settings.marker, &block)?;
+    let conf = nixconf::rewrite_nix_conf(
+        &nixconf::read_or_empty(&nix_conf)?,
+        &settings.marker,
+        &block,
+    )?;
     let wrote_conf = nixconf::write_if_changed(&nix_conf, &conf, 0o644)?;
     let host = nixconf::host_of(&server.url)?;
     let net = nixconf::rewrite_netrc(&nixconf::read_or_empty(&netrc)?, &host, &server.token);
@@ -403,6 +316,10 @@ mod tests {
         assert_eq!(parse_size("50MB"), Ok(50_000_000));
         assert_eq!(parse_size("8m"), Ok(8 << 20));
         assert_eq!(parse_size("1024"), Ok(1024));
-        assert!(parse_size("0").is_err() && parse_size("x").is_err() && parse_size("5 parsecs").is_err());
+        assert!(
+            parse_size("0").is_err()
+                && parse_size("x").is_err()
+                && parse_size("5 parsecs").is_err()
+        );
     }
 }

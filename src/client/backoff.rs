@@ -73,8 +73,15 @@ mod tests {
     fn schedule_doubles_then_caps() {
         let b = Backoff::default();
         let got: Vec<u64> = (0..9).map(|k| b.nominal(k).as_millis() as u64).collect();
-        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        assert_eq!(b.nominal(200), Duration::from_secs(30), "no overflow on huge attempts");
+        assert_eq!(
+            got,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(
+            b.nominal(200),
+            Duration::from_secs(30),
+            "no overflow on huge attempts"
+        );
     }
 
     #[test]
@@ -83,7 +90,10 @@ mod tests {
         for k in 0..8 {
             for _ in 0..50 {
                 let d = b.delay(k);
-                assert!(d >= b.nominal(k) / 2 && d <= b.nominal(k), "attempt {k}: {d:?}");
+                assert!(
+                    d >= b.nominal(k) / 2 && d <= b.nominal(k),
+                    "attempt {k}: {d:?}"
+                );
             }
         }
     }
@@ -93,7 +103,10 @@ mod tests {
         let b = Backoff::default();
         assert!(b.allows(0) && b.allows(8));
         assert!(!b.allows(9));
-        let forever = Backoff { max_attempts: None, ..b };
+        let forever = Backoff {
+            max_attempts: None,
+            ..b
+        };
         assert!(forever.allows(10_000));
     }
 

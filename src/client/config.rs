@@ -31,7 +31,9 @@ fn xdg_dir(var: &str, fallback: &str) -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| ClientError::Config(format!("neither {var} nor HOME is set: set one of them")))?;
+        .ok_or_else(|| {
+            ClientError::Config(format!("neither {var} nor HOME is set: set one of them"))
+        })?;
     Ok(PathBuf::from(home).join(fallback))
 }
 
@@ -96,7 +98,10 @@ impl ClientConfig {
     pub fn load_from(path: &Path) -> Result<ClientConfig> {
         match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|e| {
-                ClientError::Config(format!("{} is not a valid ferry config: {e}", path.display()))
+                ClientError::Config(format!(
+                    "{} is not a valid ferry config: {e}",
+                    path.display()
+                ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientConfig::default()),
             Err(e) => Err(ClientError::io("read", path, e)),
@@ -119,8 +124,20 @@ impl ClientConfig {
                 "server URL {url:?} must start with http:// or https://"
             )));
         }
-        let caches = self.servers.remove(name).filter(|s| s.url == url).map(|s| s.caches).unwrap_or_default();
-        self.servers.insert(name.to_owned(), Server { url, token: token.trim().to_owned(), caches });
+        let caches = self
+            .servers
+            .remove(name)
+            .filter(|s| s.url == url)
+            .map(|s| s.caches)
+            .unwrap_or_default();
+        self.servers.insert(
+            name.to_owned(),
+            Server {
+                url,
+                token: token.trim().to_owned(),
+                caches,
+            },
+        );
         if set_default || self.default_server.is_none() {
             self.default_server = Some(name.to_owned());
         }
@@ -141,7 +158,9 @@ impl ClientConfig {
             },
         };
         if cache.is_empty() {
-            return Err(ClientError::Config(format!("{spec:?} names no cache: write NAME:CACHE")));
+            return Err(ClientError::Config(format!(
+                "{spec:?} names no cache: write NAME:CACHE"
+            )));
         }
         self.server(&server)?;
         Ok(Target { server, cache })
@@ -150,14 +169,17 @@ impl ClientConfig {
     /// The saved server called `name`.
     pub fn server(&self, name: &str) -> Result<&Server> {
         self.servers.get(name).ok_or_else(|| {
-            ClientError::Config(format!("no server named {name:?}: run `ferry login {name} URL TOKEN` first"))
+            ClientError::Config(format!(
+                "no server named {name:?}: run `ferry login {name} URL TOKEN` first"
+            ))
         })
     }
 
     /// Remembers what the server said about a cache.
     pub fn remember(&mut self, target: &Target, info: &CacheInfo) {
         if let Some(s) = self.servers.get_mut(&target.server) {
-            s.caches.insert(target.cache.clone(), CachedCache::from(info));
+            s.caches
+                .insert(target.cache.clone(), CachedCache::from(info));
         }
     }
 }
@@ -165,7 +187,9 @@ impl ClientConfig {
 fn check_server_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -191,7 +215,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .create(dir)
             .map_err(|e| ClientError::io("create", dir, e))?;
     }
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -200,7 +227,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| ClientError::io("create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| ClientError::io("write", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| ClientError::io("write", &tmp, e))?;
     f.sync_all().map_err(|e| ClientError::io("sync", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ClientError::io("replace", path, e))
 }
@@ -216,10 +244,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry/config.toml");
         let mut c = ClientConfig::load_from(&path).unwrap();
-        c.login("home", "https://cache.example.org/", "tok", false).unwrap();
-        c.login("work", "http://10.0.0.1:8080", "t2", false).unwrap();
+        c.login("home", "https://cache.example.org/", "tok", false)
+            .unwrap();
+        c.login("work", "http://10.0.0.1:8080", "t2", false)
+            .unwrap();
         assert_eq!(c.default_server.as_deref(), Some("home"));
-        assert_eq!(c.target("main").unwrap(), Target { server: "home".into(), cache: "main".into() });
+        assert_eq!(
+            c.target("main").unwrap(),
+            Target {
+                server: "home".into(),
+                cache: "main".into()
+            }
+        );
         assert_eq!(c.target("work:x").unwrap().server, "work");
         assert!(c.target("nope:x").is_err());
         assert!(c.login("a:b", "http://x", "t", false).is_err());

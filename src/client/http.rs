@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use super::backoff::{Backoff, retryable_code, retryable_status};
 use super::{ClientError, Result};
 use crate::api::{
-    CacheInfo, CompleteRequest, ConfigureCache, CreateCache, CreateUpload, ErrorBody, MissingRequest,
-    MissingResponse, PartAck, UploadCreated, UploadStatus,
+    CacheInfo, CompleteRequest, ConfigureCache, CreateCache, CreateUpload, ErrorBody,
+    MissingRequest, MissingResponse, PartAck, UploadCreated, UploadStatus,
 };
 
 /// What `POST …/uploads` led to.
@@ -82,11 +82,19 @@ impl Api {
     }
 
     pub async fn cache_info(&self, cache: &str) -> Result<CacheInfo> {
-        self.json(Method::GET, &format!("/_api/v1/caches/{cache}"), Body::Empty).await.map(|(_, v)| v)
+        self.json(
+            Method::GET,
+            &format!("/_api/v1/caches/{cache}"),
+            Body::Empty,
+        )
+        .await
+        .map(|(_, v)| v)
     }
 
     pub async fn create_cache(&self, req: &CreateCache) -> Result<CacheInfo> {
-        self.json(Method::POST, "/_api/v1/caches", json_body(req)?).await.map(|(_, v)| v)
+        self.json(Method::POST, "/_api/v1/caches", json_body(req)?)
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn configure_cache(&self, cache: &str, req: &ConfigureCache) -> Result<CacheInfo> {
@@ -99,16 +107,25 @@ impl Api {
     }
 
     pub async fn destroy_cache(&self, cache: &str) -> Result<()> {
-        self.send(Method::DELETE, &format!("/_api/v1/caches/{cache}"), Body::Empty).await.map(|_| ())
+        self.send(
+            Method::DELETE,
+            &format!("/_api/v1/caches/{cache}"),
+            Body::Empty,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The paths the cache lacks, asked in batches of 1000.
     pub async fn missing(&self, cache: &str, paths: &[String]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in paths.chunks(1000) {
-            let req = MissingRequest { store_paths: chunk.to_vec() };
+            let req = MissingRequest {
+                store_paths: chunk.to_vec(),
+            };
             let path = format!("/_api/v1/caches/{cache}/missing");
-            let (_, r): (_, MissingResponse) = self.json(Method::POST, &path, json_body(&req)?).await?;
+            let (_, r): (_, MissingResponse) =
+                self.json(Method::POST, &path, json_body(&req)?).await?;
             out.extend(r.missing);
         }
         Ok(out)
@@ -118,7 +135,11 @@ impl Api {
         let path = format!("/_api/v1/caches/{cache}/uploads");
         let (status, bytes) = self.send(Method::POST, &path, json_body(req)?).await?;
         if status == StatusCode::CREATED {
-            Ok(UploadStart::Created(self.parse(&Method::POST, &path, &bytes)?))
+            Ok(UploadStart::Created(self.parse(
+                &Method::POST,
+                &path,
+                &bytes,
+            )?))
         } else {
             Ok(UploadStart::Committed)
         }
@@ -129,24 +150,45 @@ impl Api {
         use sha2::Digest as _;
         let digest = crate::api::content_digest_sha256(&sha2::Sha256::digest(&bytes));
         let path = format!("/_api/v1/uploads/{id}/parts/{n}");
-        self.json(Method::PUT, &path, Body::Part { bytes, digest }).await.map(|(_, v)| v)
+        self.json(Method::PUT, &path, Body::Part { bytes, digest })
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn upload_status(&self, id: &str) -> Result<UploadStatus> {
-        self.json(Method::GET, &format!("/_api/v1/uploads/{id}"), Body::Empty).await.map(|(_, v)| v)
+        self.json(Method::GET, &format!("/_api/v1/uploads/{id}"), Body::Empty)
+            .await
+            .map(|(_, v)| v)
     }
 
     pub async fn complete(&self, id: &str, parts: u32) -> Result<Completed> {
         let path = format!("/_api/v1/uploads/{id}/complete");
-        let (status, _) = self.send(Method::POST, &path, json_body(&CompleteRequest { parts })?).await?;
-        Ok(if status == StatusCode::ACCEPTED { Completed::Verifying } else { Completed::Committed })
+        let (status, _) = self
+            .send(Method::POST, &path, json_body(&CompleteRequest { parts })?)
+            .await?;
+        Ok(if status == StatusCode::ACCEPTED {
+            Completed::Verifying
+        } else {
+            Completed::Committed
+        })
     }
 
     pub async fn abandon(&self, id: &str) -> Result<()> {
-        self.send(Method::DELETE, &format!("/_api/v1/uploads/{id}"), Body::Empty).await.map(|_| ())
+        self.send(
+            Method::DELETE,
+            &format!("/_api/v1/uploads/{id}"),
+            Body::Empty,
+        )
+        .await
+        .map(|_| ())
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Body) -> Result<(StatusCode, T)> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<(StatusCode, T)> {
         let (status, bytes) = self.send(method.clone(), path, body).await?;
         Ok((status, self.parse(&method, path, &bytes)?))
     }
@@ -168,7 +210,8 @@ impl Api {
                 Ok((status, bytes)) if status.is_success() => return Ok((status, bytes)),
                 Ok((status, bytes)) => {
                     let e = api_error(&method, &url, status, &bytes);
-                    let retry = retryable_status(status.as_u16()) || e.api_code().is_some_and(retryable_code);
+                    let retry = retryable_status(status.as_u16())
+                        || e.api_code().is_some_and(retryable_code);
                     (e, retry)
                 }
                 Err(e) => (e, true),
@@ -184,10 +227,15 @@ impl Api {
     }
 
     async fn once(&self, method: &Method, url: &str, body: &Body) -> Result<(StatusCode, Bytes)> {
-        let mut req = self.client.request(method.clone(), url).bearer_auth(&self.token);
+        let mut req = self
+            .client
+            .request(method.clone(), url)
+            .bearer_auth(&self.token);
         req = match body {
             Body::Empty => req,
-            Body::Json(b) => req.header("content-type", "application/json").body(b.clone()),
+            Body::Json(b) => req
+                .header("content-type", "application/json")
+                .body(b.clone()),
             Body::Part { bytes, digest } => req
                 .header("content-type", "application/octet-stream")
                 .header(crate::api::CONTENT_DIGEST, digest)
@@ -220,7 +268,13 @@ fn api_error(method: &Method, url: &str, status: StatusCode, bytes: &[u8]) -> Cl
             (String::from("http_error"), text.trim().to_owned())
         }
     };
-    ClientError::Api { method: method.to_string(), url: url.to_owned(), status: status.as_u16(), code, message }
+    ClientError::Api {
+        method: method.to_string(),
+        url: url.to_owned(),
+        status: status.as_u16(),
+        code,
+        message,
+    }
 }
 
 /// A reqwest error with its causes (reqwest's own text is terse).

@@ -54,7 +54,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub(crate) fn io(what: &'static str, path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
         ClientError::Io {
             what,
             path: path.as_ref().display().to_string(),

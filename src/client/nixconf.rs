@@ -144,7 +144,9 @@ pub fn write_if_changed(path: &Path, new: &str, mode: u32) -> Result<bool> {
     use std::os::unix::fs::PermissionsExt as _;
     let (old, mode) = match std::fs::read(path) {
         Ok(b) => {
-            let m = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(mode);
+            let m = std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(mode);
             (Some(b), m)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, mode),
@@ -174,7 +176,12 @@ mod tests {
         UseSettings {
             marker: "home:main".into(),
             substituter: "https://cache.example.org/main".into(),
-            cache: CachedCache { public_key: key.into(), store_dir: "/nix/store".into(), priority: 41, public: false },
+            cache: CachedCache {
+                public_key: key.into(),
+                store_dir: "/nix/store".into(),
+                priority: 41,
+                public: false,
+            },
             netrc_file: "/home/u/.config/nix/netrc".into(),
         }
     }
@@ -184,14 +191,25 @@ mod tests {
         let original = "substituters = https://cache.nixos.org\nmax-jobs = 4";
         let b1 = settings("main-1:AAAA").block();
         let once = rewrite_nix_conf(original, "home:main", &b1).unwrap();
-        assert!(once.starts_with("substituters = https://cache.nixos.org\nmax-jobs = 4\n# ferry:home:main begin"));
-        assert_eq!(rewrite_nix_conf(&once, "home:main", &b1).unwrap(), once, "idempotent");
+        assert!(once.starts_with(
+            "substituters = https://cache.nixos.org\nmax-jobs = 4\n# ferry:home:main begin"
+        ));
+        assert_eq!(
+            rewrite_nix_conf(&once, "home:main", &b1).unwrap(),
+            once,
+            "idempotent"
+        );
         let with_tail = format!("{once}keep-going = true\n");
         let b2 = settings("main-2:BBBB").block();
         let changed = rewrite_nix_conf(&with_tail, "home:main", &b2).unwrap();
         assert!(changed.contains("main-2:BBBB") && !changed.contains("main-1:AAAA"));
         assert!(changed.ends_with("# ferry:home:main end\nkeep-going = true\n"));
-        let other = rewrite_nix_conf(&changed, "home:other", &b1.replace("home:main", "home:other")).unwrap();
+        let other = rewrite_nix_conf(
+            &changed,
+            "home:other",
+            &b1.replace("home:main", "home:other"),
+        )
+        .unwrap();
         assert_eq!(other.matches("begin").count(), 2);
         assert!(rewrite_nix_conf("# ferry:home:main begin\nx = 1\n", "home:main", &b1).is_err());
     }
@@ -204,14 +222,27 @@ mod tests {
             out,
             "machine a.org login x password y\nmachine cache.example.org login token password T\ndefault login anon password z\n"
         );
-        assert_eq!(rewrite_netrc(&out, "cache.example.org", "T"), out, "idempotent");
-        assert_eq!(rewrite_netrc("", "h", "T"), "machine h login token password T\n");
-        assert_eq!(rewrite_netrc("machine a login b password c", "h", "T"), "machine a login b password c\nmachine h login token password T\n");
+        assert_eq!(
+            rewrite_netrc(&out, "cache.example.org", "T"),
+            out,
+            "idempotent"
+        );
+        assert_eq!(
+            rewrite_netrc("", "h", "T"),
+            "machine h login token password T\n"
+        );
+        assert_eq!(
+            rewrite_netrc("machine a login b password c", "h", "T"),
+            "machine a login b password c\nmachine h login token password T\n"
+        );
     }
 
     #[test]
     fn hosts() {
-        assert_eq!(host_of("https://cache.example.org/x").unwrap(), "cache.example.org");
+        assert_eq!(
+            host_of("https://cache.example.org/x").unwrap(),
+            "cache.example.org"
+        );
         assert_eq!(host_of("http://127.0.0.1:8080").unwrap(), "127.0.0.1");
         assert_eq!(host_of("http://u:p@[::1]:80/").unwrap(), "::1");
         assert!(host_of("nope").is_err());

@@ -69,16 +69,28 @@ impl NarStream {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| ClientError::Nix(format!("cannot run `nix-store --dump` (is Nix on PATH?): {e}")))?;
+            .map_err(|e| {
+                ClientError::Nix(format!(
+                    "cannot run `nix-store --dump` (is Nix on PATH?): {e}"
+                ))
+            })?;
         let stdout = child
             .stdout
             .take()
             .ok_or_else(|| ClientError::Nix("`nix-store --dump` has no stdout".into()))?;
         let nar_bytes = Arc::new(AtomicU64::new(0));
-        let counting = Counting { inner: stdout, count: nar_bytes.clone() };
+        let counting = Counting {
+            inner: stdout,
+            count: nar_bytes.clone(),
+        };
         let reader = zstd::stream::read::Encoder::new(counting, ZSTD_LEVEL)
             .map_err(|e| ClientError::Nix(format!("cannot start zstd: {e}")))?;
-        Ok(NarStream { child, reader, path: path.to_owned(), nar_bytes })
+        Ok(NarStream {
+            child,
+            reader,
+            path: path.to_owned(),
+            nar_bytes,
+        })
     }
 
     /// The next compressed part, or `None` after the last one (and after
@@ -87,9 +99,15 @@ impl NarStream {
         let part = read_part(&mut self.reader, size)
             .map_err(|e| ClientError::Nix(format!("reading the NAR of {}: {e}", self.path)))?;
         if part.is_none() {
-            let status = self.child.wait().map_err(|e| ClientError::Nix(format!("nix-store --dump: {e}")))?;
+            let status = self
+                .child
+                .wait()
+                .map_err(|e| ClientError::Nix(format!("nix-store --dump: {e}")))?;
             if !status.success() {
-                return Err(ClientError::Nix(format!("`nix-store --dump {}` failed ({status})", self.path)));
+                return Err(ClientError::Nix(format!(
+                    "`nix-store --dump {}` failed ({status})",
+                    self.path
+                )));
             }
         }
         Ok(part)

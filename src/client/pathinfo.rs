@@ -63,15 +63,21 @@ pub fn query(paths: &[String], recursive: bool) -> Result<Vec<PathInfo>> {
         return Ok(Vec::new());
     }
     let mut c = Command::new("nix");
-    c.args(["--extra-experimental-features", "nix-command", "path-info", "--json"]);
+    c.args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+    ]);
     if recursive {
         c.arg("--recursive");
     }
     c.arg("--").args(paths);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ClientError::Nix(format!("cannot run `nix path-info` (is Nix installed and on PATH?): {e}")))?;
+    let out = c.stdin(Stdio::null()).output().map_err(|e| {
+        ClientError::Nix(format!(
+            "cannot run `nix path-info` (is Nix installed and on PATH?): {e}"
+        ))
+    })?;
     if !out.status.success() {
         return Err(ClientError::Nix(format!(
             "`nix path-info` failed: {}",
@@ -86,7 +92,11 @@ pub fn query(paths: &[String], recursive: bool) -> Result<Vec<PathInfo>> {
 /// break by path, so the order is stable. A cycle (impossible in a real
 /// store) is an error.
 pub fn topological_order(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
-    let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, p)| (p.path.clone(), i)).collect();
+    let index: HashMap<String, usize> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.clone(), i))
+        .collect();
     let mut pending = vec![0usize; infos.len()];
     let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
     for (i, info) in infos.iter().enumerate() {
@@ -101,8 +111,10 @@ pub fn topological_order(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
             referrers[j].push(i);
         }
     }
-    let mut ready: BTreeMap<String, usize> =
-        (0..infos.len()).filter(|&i| pending[i] == 0).map(|i| (infos[i].path.clone(), i)).collect();
+    let mut ready: BTreeMap<String, usize> = (0..infos.len())
+        .filter(|&i| pending[i] == 0)
+        .map(|i| (infos[i].path.clone(), i))
+        .collect();
     let mut order = Vec::with_capacity(infos.len());
     while let Some((_, i)) = ready.pop_first() {
         order.push(i);
@@ -114,7 +126,9 @@ pub fn topological_order(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
         }
     }
     if order.len() != infos.len() {
-        return Err(ClientError::Nix("the store paths reference each other in a cycle".into()));
+        return Err(ClientError::Nix(
+            "the store paths reference each other in a cycle".into(),
+        ));
     }
     let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
@@ -144,7 +158,11 @@ mod tests {
             info("/s/a", &["/s/a"]),
             info("/s/c", &[]),
         ];
-        let order: Vec<String> = topological_order(v).unwrap().into_iter().map(|p| p.path).collect();
+        let order: Vec<String> = topological_order(v)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
         assert_eq!(order, ["/s/a", "/s/b", "/s/c", "/s/top"]);
     }
 
@@ -162,7 +180,9 @@ mod tests {
         let v = parse_path_info(json).unwrap();
         assert_eq!(v.len(), 2);
         assert!(v[0].signed_by_any(&["cache.nixos.org-1".into()]));
-        assert!(v[0].signed_by_any(&["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=".into()]));
+        assert!(v[0].signed_by_any(&[
+            "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=".into()
+        ]));
         assert!(!v[1].signed_by_any(&["cache.nixos.org-1".into()]));
         assert!(parse_path_info(br#"[{"path":"/nix/store/dddd-z","valid":false}]"#).is_err());
     }

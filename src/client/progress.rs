@@ -31,7 +31,12 @@ impl Progress {
             "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
         ));
         overall.enable_steady_tick(Duration::from_millis(200));
-        let p = Progress { multi, overall, paths_total: paths, paths_done: AtomicU64::new(0) };
+        let p = Progress {
+            multi,
+            overall,
+            paths_total: paths,
+            paths_done: AtomicU64::new(0),
+        };
         p.refresh_message();
         p
     }
@@ -73,7 +78,8 @@ impl Progress {
 
     fn refresh_message(&self) {
         let done = self.paths_done.load(Ordering::Relaxed);
-        self.overall.set_message(format!("{done}/{} paths", self.paths_total));
+        self.overall
+            .set_message(format!("{done}/{} paths", self.paths_total));
     }
 }
 

@@ -42,7 +42,12 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { closure: true, jobs: 4, part_size: DEFAULT_PART_SIZE, ignore_upstream_filter: false }
+        PushOptions {
+            closure: true,
+            jobs: 4,
+            part_size: DEFAULT_PART_SIZE,
+            ignore_upstream_filter: false,
+        }
     }
 }
 
@@ -68,9 +73,11 @@ pub async fn push(
         .partition(|i| !opts.ignore_upstream_filter && i.signed_by_any(&info.upstream_keys));
     summary.upstream = upstream.len() as u64;
     let names: Vec<String> = candidates.iter().map(|i| i.path.clone()).collect();
-    let missing: std::collections::HashSet<String> = api.missing(cache, &names).await?.into_iter().collect();
-    let (todo, present): (Vec<PathInfo>, Vec<PathInfo>) =
-        candidates.into_iter().partition(|i| missing.contains(&i.path));
+    let missing: std::collections::HashSet<String> =
+        api.missing(cache, &names).await?.into_iter().collect();
+    let (todo, present): (Vec<PathInfo>, Vec<PathInfo>) = candidates
+        .into_iter()
+        .partition(|i| missing.contains(&i.path));
     summary.skipped = present.len() as u64;
     let todo = pathinfo::topological_order(todo)?;
 
@@ -103,7 +110,12 @@ pub async fn push(
         let tx = senders.remove(&info.path);
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let name = info.path.rsplit('/').next().unwrap_or(&info.path).to_owned();
+            let name = info
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&info.path)
+                .to_owned();
             let bar = ctx.progress.path_bar(&name, info.nar_size);
             let path = info.path.clone();
             let r = push_one(ctx.clone(), info, bar.clone()).await;

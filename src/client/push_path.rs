@@ -67,12 +67,19 @@ impl From<ClientError> for SendError {
 /// Pushes `info`; its bar is advanced as NAR bytes are read.
 pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) -> Result<Outcome> {
     let path = info.path.clone();
-    let fail = |message: String| ClientError::Push { path: path.clone(), message };
+    let fail = |message: String| ClientError::Push {
+        path: path.clone(),
+        message,
+    };
     let mut restarts = 0;
     let (id, parts) = loop {
         let (id, part_size, known) = match prepare(&ctx, &info).await? {
             Prepared::Committed(outcome) => return Ok(outcome),
-            Prepared::Upload { id, part_size, known } => (id, part_size, known),
+            Prepared::Upload {
+                id,
+                part_size,
+                known,
+            } => (id, part_size, known),
         };
         match send_parts(&ctx, &path, &id, part_size, known, &bar).await {
             Ok(n) => break (id, n),
@@ -85,7 +92,9 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
                 let _ = ctx.api.abandon(&id).await;
                 ctx.state.forget(&path)?;
                 if restarts > 2 {
-                    return Err(fail("the NAR changes between dumps; is the store path being modified?".into()));
+                    return Err(fail(
+                        "the NAR changes between dumps; is the store path being modified?".into(),
+                    ));
                 }
             }
         }
@@ -100,7 +109,10 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
         Err(e) => Err(e),
     };
     if let Err(e) = &done
-        && matches!(e.api_code(), Some("nar_hash_mismatch" | "nar_size_mismatch") | Some("upload_failed"))
+        && matches!(
+            e.api_code(),
+            Some("nar_hash_mismatch" | "nar_size_mismatch") | Some("upload_failed")
+        )
     {
         ctx.state.forget(&path)?;
     }
@@ -111,7 +123,11 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
 
 enum Prepared {
     Committed(Outcome),
-    Upload { id: String, part_size: u64, known: BTreeMap<u32, String> },
+    Upload {
+        id: String,
+        part_size: u64,
+        known: BTreeMap<u32, String>,
+    },
 }
 
 /// Picks up the recorded upload of the path if the server still has it
@@ -120,10 +136,18 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
     if let Some(saved) = ctx.state.get(&info.path) {
         match ctx.api.upload_status(&saved.upload_id).await {
             Ok(st) if st.state == "open" => {
-                let known: BTreeMap<u32, String> = st.parts.into_iter().map(|p| (p.n, p.blake3)).collect();
-                let conflict = saved.parts.iter().any(|(n, b)| known.get(n).is_some_and(|k| k != b));
+                let known: BTreeMap<u32, String> =
+                    st.parts.into_iter().map(|p| (p.n, p.blake3)).collect();
+                let conflict = saved
+                    .parts
+                    .iter()
+                    .any(|(n, b)| known.get(n).is_some_and(|k| k != b));
                 if !conflict {
-                    return Ok(Prepared::Upload { id: saved.upload_id, part_size: saved.part_size, known });
+                    return Ok(Prepared::Upload {
+                        id: saved.upload_id,
+                        part_size: saved.part_size,
+                        known,
+                    });
                 }
                 let _ = ctx.api.abandon(&saved.upload_id).await;
             }
@@ -154,7 +178,11 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
         UploadStart::Created(c) => {
             let part_size = ctx.part_size.min(c.max_part_size).max(1);
             ctx.state.start(&info.path, &c.id, part_size)?;
-            Ok(Prepared::Upload { id: c.id, part_size, known: BTreeMap::new() })
+            Ok(Prepared::Upload {
+                id: c.id,
+                part_size,
+                known: BTreeMap::new(),
+            })
         }
     }
 }
@@ -180,13 +208,22 @@ async fn send_parts(
                 let permit = handle
                     .block_on(ctx.part_permits.clone().acquire_owned())
                     .map_err(|_| ClientError::Nix("the push was stopped".into()))?;
-                let Some(bytes) = stream.next_part(part_size as usize)? else { break };
+                let Some(bytes) = stream.next_part(part_size as usize)? else {
+                    break;
+                };
                 n += 1;
                 let now = stream.nar_bytes.load(Ordering::Relaxed);
                 ctx.progress.add_bytes(now - seen);
                 bar.set_position(now);
                 seen = now;
-                if tx.send(Produced { n, bytes, _permit: permit }).is_err() {
+                if tx
+                    .send(Produced {
+                        n,
+                        bytes,
+                        _permit: permit,
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -213,7 +250,9 @@ async fn send_parts(
             if ack.blake3 != hash || ack.size != len {
                 return Err(ClientError::Push {
                     path,
-                    message: format!("the server acknowledged part {n} with other bytes than were sent"),
+                    message: format!(
+                        "the server acknowledged part {n} with other bytes than were sent"
+                    ),
                 });
             }
             ctx.bytes_sent.fetch_add(len, Ordering::Relaxed);
@@ -232,7 +271,9 @@ async fn send_parts(
 fn flatten(r: Result<Result<()>, tokio::task::JoinError>) -> Result<(), SendError> {
     match r {
         Ok(inner) => inner.map_err(SendError::Fatal),
-        Err(e) => Err(SendError::Fatal(ClientError::Nix(format!("a part upload stopped: {e}")))),
+        Err(e) => Err(SendError::Fatal(ClientError::Nix(format!(
+            "a part upload stopped: {e}"
+        )))),
     }
 }
 
@@ -241,7 +282,11 @@ async fn wait_for_references(ctx: &Ctx, info: &PathInfo) -> Result<()> {
     for r in info.references.iter().filter(|r| **r != info.path) {
         let Some(rx) = ctx.done.get(r) else { continue };
         let mut rx = rx.clone();
-        let ok = rx.wait_for(|v| v.is_some()).await.map(|v| *v == Some(true)).unwrap_or(false);
+        let ok = rx
+            .wait_for(|v| v.is_some())
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
         if !ok {
             return Err(ClientError::Push {
                 path: info.path.clone(),
@@ -264,7 +309,9 @@ async fn poll_until_settled(api: &Api, id: &str) -> Result<()> {
                     path: st.store_path,
                     message: format!(
                         "the server refused the upload: {}",
-                        st.error.map(|e| e.to_string()).unwrap_or_else(|| "no reason given".into())
+                        st.error
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| "no reason given".into())
                     ),
                 });
             }

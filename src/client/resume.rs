@@ -43,7 +43,9 @@ pub struct StateFile {
 impl StateFile {
     /// Where the state of pushes to `server:cache` lives.
     pub fn location(server: &str, cache: &str) -> Result<PathBuf> {
-        Ok(xdg_state_home()?.join("ferry").join(format!("push-{server}-{cache}.json")))
+        Ok(xdg_state_home()?
+            .join("ferry")
+            .join(format!("push-{server}-{cache}.json")))
     }
 
     /// Opens (or starts) the state file at `path`.
@@ -56,7 +58,10 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
             Err(e) => return Err(ClientError::io("read", &path, e)),
         };
-        Ok(StateFile { path, stored: Mutex::new(stored) })
+        Ok(StateFile {
+            path,
+            stored: Mutex::new(stored),
+        })
     }
 
     /// The recorded upload of `store_path`, if any.
@@ -69,7 +74,11 @@ impl StateFile {
         self.update(|s| {
             s.paths.insert(
                 store_path.to_owned(),
-                PathState { upload_id: upload_id.to_owned(), part_size, parts: BTreeMap::new() },
+                PathState {
+                    upload_id: upload_id.to_owned(),
+                    part_size,
+                    parts: BTreeMap::new(),
+                },
             );
         })
     }
@@ -99,7 +108,9 @@ impl StateFile {
         f(&mut s);
         if s.paths.is_empty() {
             return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ClientError::io("remove", &self.path, e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ClientError::io("remove", &self.path, e))
+                }
                 _ => Ok(()),
             };
         }
@@ -123,7 +134,10 @@ mod tests {
         s.ack("/nix/store/a", 1, "aa").unwrap();
         let again = StateFile::open(path.clone()).unwrap();
         let p = again.get("/nix/store/a").unwrap();
-        assert_eq!((p.upload_id.as_str(), p.part_size, p.parts.len()), ("id1", 8, 2));
+        assert_eq!(
+            (p.upload_id.as_str(), p.part_size, p.parts.len()),
+            ("id1", 8, 2)
+        );
         again.forget("/nix/store/a").unwrap();
         assert!(!path.exists());
     }

@@ -21,11 +21,17 @@ use crate::api::CacheInfo;
 
 /// Whether a store directory entry can be a store path worth pushing.
 pub fn is_candidate(name: &str) -> bool {
-    let Some((hash, rest)) = name.split_at_checked(32) else { return false };
+    let Some((hash, rest)) = name.split_at_checked(32) else {
+        return false;
+    };
     rest.starts_with('-')
         && rest.len() > 1
-        && hash.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-        && ![".drv", ".lock", ".check", ".chroot"].iter().any(|s| name.ends_with(s))
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && ![".drv", ".lock", ".check", ".chroot"]
+            .iter()
+            .any(|s| name.ends_with(s))
 }
 
 /// Full paths of the candidate entries of `store_dir`.
@@ -58,8 +64,15 @@ fn valid_paths(paths: &BTreeSet<String>) -> Result<Vec<String>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let invalid: BTreeSet<&str> = std::str::from_utf8(&out.stdout).unwrap_or("").lines().collect();
-    Ok(paths.iter().filter(|p| !invalid.contains(p.as_str())).cloned().collect())
+    let invalid: BTreeSet<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or("")
+        .lines()
+        .collect();
+    Ok(paths
+        .iter()
+        .filter(|p| !invalid.contains(p.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// Watches `info.store_dir` forever (until the process is stopped).
@@ -74,9 +87,17 @@ pub async fn watch_store(
     let store_dir = Path::new(&info.store_dir);
     let mut seen = list_store(store_dir)?;
     let mut pending: BTreeSet<String> = BTreeSet::new();
-    let backoff = Backoff { base: interval, cap: Duration::from_secs(300), max_attempts: None };
+    let backoff = Backoff {
+        base: interval,
+        cap: Duration::from_secs(300),
+        max_attempts: None,
+    };
     let mut failures = 0u32;
-    eprintln!("watching {} ({} paths present); pushing new paths to {cache}", info.store_dir, seen.len());
+    eprintln!(
+        "watching {} ({} paths present); pushing new paths to {cache}",
+        info.store_dir,
+        seen.len()
+    );
     loop {
         tokio::time::sleep(interval).await;
         let now = match list_store(store_dir) {
@@ -110,7 +131,10 @@ pub async fn watch_store(
             Err(e) => {
                 let wait = backoff.delay(failures);
                 failures = failures.saturating_add(1);
-                eprintln!("push failed ({e}); trying again in {:.0}s", wait.as_secs_f64());
+                eprintln!(
+                    "push failed ({e}); trying again in {:.0}s",
+                    wait.as_secs_f64()
+                );
                 tokio::time::sleep(wait).await;
             }
         }
@@ -124,7 +148,9 @@ mod tests {
     #[test]
     fn candidates() {
         assert!(is_candidate("0123456789abcdfghijklmnpqrsvwxyz-hello-2.12"));
-        assert!(!is_candidate("0123456789abcdfghijklmnpqrsvwxyz-hello-2.12.drv"));
+        assert!(!is_candidate(
+            "0123456789abcdfghijklmnpqrsvwxyz-hello-2.12.drv"
+        ));
         assert!(!is_candidate("0123456789abcdfghijklmnpqrsvwxyz-hello.lock"));
         assert!(!is_candidate(".links"));
         assert!(!is_candidate("0123456789abcdfghijklmnpqrsvwxyz"));

@@ -37,6 +37,13 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::InvalidCompression(_)
         | Error::UploadFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        Error::TusOffsetMismatch { .. } => StatusCode::CONFLICT,
+        // tus's own code for a checksum mismatch.
+        Error::TusChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+        Error::TusFinalPatch => StatusCode::FORBIDDEN,
+        Error::TusLengthExceeded { .. } | Error::TusTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::TusVersion => StatusCode::PRECONDITION_FAILED,
+        Error::TusContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Auth(a) => match a {
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AuthError::InvalidName(_) | AuthError::InvalidDuration(_) => StatusCode::BAD_REQUEST,
@@ -72,6 +79,9 @@ impl ResponseError for Error {
             _ => {}
         }
         let mut res = HttpResponse::build(status);
+        if matches!(self, Error::TusVersion) {
+            res.insert_header(("tus-version", "1.0.0"));
+        }
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
         if status == StatusCode::UNAUTHORIZED {
             res.insert_header((

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use actix_web::http::Method;
 use actix_web::{App, HttpServer, web};
 
 use crate::auth::Authorizer;
@@ -30,6 +31,17 @@ pub struct AppState {
     pub auth: Authorizer,
     /// Cache rows by name (forget a name after changing its cache).
     pub caches: CacheIndex,
+    /// tus limits and browser origins.
+    pub tus: TusSettings,
+}
+
+/// Settings of the tus door.
+#[derive(Clone, Debug)]
+pub struct TusSettings {
+    /// `Tus-Max-Size`, in bytes.
+    pub max_size: u64,
+    /// Origins allowed by CORS (`*` for any).
+    pub cors_origins: Vec<String>,
 }
 
 /// The route table, also used by in-process tests.
@@ -44,6 +56,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(health::healthz))
     .service(
         web::scope("/_api/v1")
+            .service(
+                web::scope("/caches/{cache}/tus")
+                    .wrap(actix_web::middleware::from_fn(tus::middleware))
+                    .route("", web::post().to(tus::create))
+                    .route("/", web::post().to(tus::create))
+                    .route("", web::method(Method::OPTIONS).to(tus::options))
+                    .route("/", web::method(Method::OPTIONS).to(tus::options))
+                    .route("/{id}", web::head().to(tus::head))
+                    .route("/{id}", web::patch().to(tus::patch))
+                    .route("/{id}", web::delete().to(tus::delete))
+                    .route("/{id}", web::method(Method::OPTIONS).to(tus::options)),
+            )
             .route("/caches", web::post().to(caches::create))
             .route("/caches/{cache}", web::get().to(caches::info))
             .route("/caches/{cache}", web::patch().to(caches::configure))

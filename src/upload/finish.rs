@@ -36,6 +36,9 @@ impl Engine {
             s.stale = false;
             s.failed = None;
             let row = self.get(id).await?;
+            if row.compression == super::BUCKET {
+                return Ok(());
+            }
             let compression = Compression::parse(&row.compression).unwrap_or(Compression::Zstd);
             let out = self.dir_of(id).join("nar.zst");
             let level = self.cfg.zstd_level;

@@ -18,6 +18,7 @@
 
 mod finish;
 mod receive;
+pub mod tus;
 pub mod verifier;
 
 use std::collections::{BTreeSet, HashMap};
@@ -36,6 +37,9 @@ use crate::store::SharedStore;
 
 pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;
+
+/// The `compression` of a bucket upload (parts only, never verified).
+pub const BUCKET: &str = "bucket";
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -125,6 +129,8 @@ pub struct Engine {
     slots: Mutex<HashMap<String, SlotRef>>,
     /// Uploads whose `complete` is running, with a channel that fires when done.
     finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// tus PATCHes of one upload run one at a time.
+    tus_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -138,6 +144,7 @@ impl Engine {
             uploads_dir,
             slots: Mutex::new(HashMap::new()),
             finishing: Mutex::new(HashMap::new()),
+            tus_locks: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -157,16 +164,7 @@ impl Engine {
     /// Starts an upload, or links an already stored NAR and publishes at
     /// once (dedup by NarHash), or says the cache already has the path.
     pub async fn create(&self, cache: &CacheRow, new: NewUpload) -> Result<Created> {
-        if new.store_path.store_dir() != cache.store_dir {
-            return Err(Error::BadRequest(format!(
-                "store_path {} is not in this cache's store dir {}",
-                new.store_path, cache.store_dir
-            )));
-        }
-        if new.nar_size == 0 {
-            return Err(Error::BadRequest("nar_size must be greater than 0".into()));
-        }
-        check_meta(&new.meta)?;
+        check_new(cache, &new)?;
         let (cache_id, hash_part, nar_hash) = (
             cache.id,
             new.store_path.hash_part().to_owned(),
@@ -189,25 +187,96 @@ impl Engine {
             }
             _ => {}
         }
+        let (id, expires_at) = self.open(cache.id, Some(new)).await?;
+        Ok(Created::Upload { id, expires_at })
+    }
+
+    /// Starts an upload without looking for a stored copy: for doors whose
+    /// protocol has no "nothing to send" answer (tus). A NAR already stored
+    /// is still deduplicated at publish time.
+    pub async fn create_upload(&self, cache: &CacheRow, new: NewUpload) -> Result<(String, i64)> {
+        check_new(cache, &new)?;
+        self.open(cache.id, Some(new)).await
+    }
+
+    /// Starts a bucket: an upload that only collects parts, to be absorbed
+    /// into another upload later (tus partial uploads).
+    pub async fn create_bucket(&self, cache: &CacheRow) -> Result<(String, i64)> {
+        self.open(cache.id, None).await
+    }
+
+    async fn open(&self, cache_id: i64, new: Option<NewUpload>) -> Result<(String, i64)> {
         let id = uuid::Uuid::now_v7().to_string();
         std::fs::create_dir_all(self.dir_of(&id))?;
-        let row = UploadRow {
-            id: id.clone(),
-            cache_id: cache.id,
-            store_path: new.store_path.to_absolute(),
-            nar_hash: new.nar_hash.to_string(),
-            nar_size: new.nar_size,
-            meta: new.meta,
-            compression: new.compression.as_str().to_owned(),
-            state: UploadState::Open,
-            total_parts: None,
-            error: None,
-            created_at: db::now(),
-            expires_at: self.expiry_from_now(),
+        let row = match new {
+            Some(new) => UploadRow {
+                id: id.clone(),
+                cache_id,
+                store_path: new.store_path.to_absolute(),
+                nar_hash: new.nar_hash.to_string(),
+                nar_size: new.nar_size,
+                meta: new.meta,
+                compression: new.compression.as_str().to_owned(),
+                state: UploadState::Open,
+                total_parts: None,
+                error: None,
+                created_at: db::now(),
+                expires_at: self.expiry_from_now(),
+            },
+            None => UploadRow {
+                id: id.clone(),
+                cache_id,
+                store_path: String::new(),
+                nar_hash: String::new(),
+                nar_size: 0,
+                meta: UploadMeta::default(),
+                compression: BUCKET.to_owned(),
+                state: UploadState::Open,
+                total_parts: None,
+                error: None,
+                created_at: db::now(),
+                expires_at: self.expiry_from_now(),
+            },
         };
         let expires_at = row.expires_at;
         self.db.call(move |c| uploads::insert(c, &row)).await?;
-        Ok(Created::Upload { id, expires_at })
+        Ok((id, expires_at))
+    }
+
+    /// Moves the parts of `buckets`, in order, to the end of upload `id`
+    /// (renames, no copies), then removes the buckets.
+    pub async fn absorb(self: &Arc<Self>, id: &str, buckets: &[String]) -> Result<()> {
+        let target = self.get(id).await?;
+        let mut next = {
+            let key = id.to_owned();
+            self.db.call(move |c| uploads::parts(c, &key)).await?.len() as u32 + 1
+        };
+        for bucket in buckets {
+            let row = self.get(bucket).await?;
+            if row.compression != BUCKET || row.cache_id != target.cache_id {
+                return Err(Error::BadRequest(format!("upload {bucket} is not a partial upload of this cache")));
+            }
+            let key = bucket.clone();
+            let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
+            for p in parts {
+                let from = self.part_path(bucket, p.n);
+                let to = self.part_path(id, next);
+                tokio::task::spawn_blocking(move || std::fs::rename(from, to))
+                    .await
+                    .map_err(Error::internal)??;
+                let (key, part) = (id.to_owned(), PartRow { n: next, ..p });
+                self.db.call(move |c| uploads::upsert_part(c, &key, &part)).await?;
+                let slot = self.slot_or_load(id).await?;
+                slot.lock().await.present.insert(next);
+                next += 1;
+            }
+            let dir = self.dir_of(id);
+            tokio::task::spawn_blocking(move || crate::store::fsync_dir(&dir))
+                .await
+                .map_err(Error::internal)??;
+            self.remove(bucket).await?;
+        }
+        self.advance(id, None).await
     }
 
     /// The upload row, refreshed expiry. `UploadNotFound` when absent or expired.
@@ -363,6 +432,20 @@ fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// What an upload of `new` into `cache` must satisfy.
+fn check_new(cache: &CacheRow, new: &NewUpload) -> Result<()> {
+    if new.store_path.store_dir() != cache.store_dir {
+        return Err(Error::BadRequest(format!(
+            "store_path {} is not in this cache's store dir {}",
+            new.store_path, cache.store_dir
+        )));
+    }
+    if new.nar_size == 0 {
+        return Err(Error::BadRequest("nar_size must be greater than 0".into()));
+    }
+    check_meta(&new.meta)
 }
 
 /// Refuses declared fields that could not be written into a narinfo

@@ -13,7 +13,7 @@ use crate::db::uploads::UploadMeta;
 use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 use crate::server::{AppState, access};
-use crate::upload::{Completion, Compression, Created, NewUpload};
+use crate::upload::{Completion, Compression, Created, NewUpload, PartRules};
 
 /// `POST /caches/{cache}/missing`: the paths the cache lacks.
 pub async fn missing(
@@ -135,7 +135,12 @@ pub async fn put_part(
         None => None,
         Some(v) => api::parse_content_digest(v.to_str().unwrap_or("")).map_err(Error::BadRequest)?,
     };
-    let part = state.engine.put_part(&id, n, length, digest, body).await?;
+    let rules = PartRules {
+        content_length: length,
+        digest,
+        keep_partial: false,
+    };
+    let part = state.engine.put_part(&id, n, rules, body).await?;
     let ack = PartAck { n: part.n, size: part.size, blake3: part.blake3 };
     Ok(json_no_store(StatusCode::OK, &ack))
 }
