@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Cloudflare's free tier refuses request bodies above 100 MB; parts above
 /// this bound leave too little room for headers and proxies.
 pub const PART_SIZE_CEILING: u64 = 95_000_000;
 
 /// The server's settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     /// Address to listen on.
@@ -36,6 +36,23 @@ pub struct Config {
     /// Origins allowed to use the tus endpoint from a browser (CORS);
     /// `["*"]` allows any. Empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
+    /// Seconds between garbage collection runs.
+    pub gc_interval_secs: u64,
+    /// Retention given to new caches that name none (e.g. "6 months");
+    /// unset keeps paths forever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_retention: Option<String>,
+    /// Seconds a blob file with no database row is left alone before GC
+    /// removes it (a publish may be about to reference it).
+    pub orphan_grace_secs: u64,
+    /// Host names the server answers for (the `Host` header); empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// The URL clients reach the server at (e.g. https://cache.example.org),
+    /// used for links in answers; unset: links are paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Log format on stderr: "text" or "json".
+    pub log_format: String,
 }
 
 impl Default for Config {
@@ -49,6 +66,12 @@ impl Default for Config {
             zstd_level: crate::store::zstd_io::DEFAULT_LEVEL,
             tus_max_size: 1 << 40,
             cors_origins: vec![],
+            gc_interval_secs: 3600,
+            default_retention: None,
+            orphan_grace_secs: 3600,
+            allowed_hosts: vec![],
+            public_url: None,
+            log_format: "text".to_owned(),
         }
     }
 }
@@ -79,6 +102,21 @@ impl Config {
         }
         if self.upload_expiry_secs == 0 {
             anyhow::bail!("upload-expiry-secs must be greater than 0");
+        }
+        if self.gc_interval_secs == 0 {
+            anyhow::bail!("gc-interval-secs must be greater than 0");
+        }
+        if let Some(r) = &self.default_retention {
+            crate::auth::parse_duration(r)
+                .map_err(|e| anyhow::anyhow!("default-retention = {r:?} is not a duration: {e}"))?;
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            anyhow::bail!("log-format must be \"text\" or \"json\", not {:?}", self.log_format);
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            anyhow::bail!("public-url must start with http:// or https://, not {u:?}");
         }
         Ok(())
     }

@@ -79,6 +79,8 @@ pub enum Error {
     TusContentType,
     #[error("the upload failed verification earlier; start a new upload")]
     UploadFailed(serde_json::Value),
+    #[error("this server does not answer for host {0:?}: use one of its configured host names")]
+    HostNotAllowed(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("the requested range is not satisfiable for a file of {size} bytes")]
@@ -135,6 +137,7 @@ impl Error {
             Error::TusTooLarge { .. } => "upload_too_large",
             Error::TusContentType => "unsupported_media_type",
             Error::NotFound(_) => "not_found",
+            Error::HostNotAllowed(_) => "host_not_allowed",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::Auth(e) => match e {
                 AuthError::Expired => "token_expired",

@@ -94,6 +94,15 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     auth.set_revoked(db.call_blocking(|c| revocations::all(c)).map_err(|e| anyhow::anyhow!("{e:?}"))?);
     let state = AppState {
         caches: crate::db::caches::CacheIndex::new(db.clone()),
+        access: Arc::new(crate::gc::AccessLog::default()),
+        settings: crate::server::Settings {
+            default_retention_secs: match &cfg.default_retention {
+                Some(r) => Some(auth::parse_duration(r).map_err(|e| anyhow::anyhow!("{e}"))?.as_secs() as i64),
+                None => None,
+            },
+            allowed_hosts: cfg.allowed_hosts.clone(),
+            public_url: cfg.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
+        },
         tus: crate::server::TusSettings {
             max_size: cfg.tus_max_size,
             cors_origins: cfg.cors_origins.clone(),
@@ -149,5 +158,16 @@ pub async fn watch_revocations(state: Arc<AppState>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "checking revocations failed"),
         }
+    }
+}
+
+/// The garbage collector of a running (or about to run) server.
+pub fn collector(state: &AppState, cfg: &Config) -> crate::gc::Collector {
+    crate::gc::Collector {
+        db: state.db.clone(),
+        store: state.store.clone(),
+        engine: state.engine.clone(),
+        access: state.access.clone(),
+        grace: Duration::from_secs(cfg.orphan_grace_secs),
     }
 }

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the server (defaults: listen 127.0.0.1:8080, data in ./ferry-data).
     Serve(ServeArgs),
+    /// Run garbage collection once against the server's data.
+    Gc(ServerLocation),
     /// Capability tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -71,6 +73,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::serve(args),
+        Command::Gc(location) => serve::gc(location),
         Command::Token(cmd) => token::run(cmd),
         Command::Client(cmd) => client::run(cmd),
     };

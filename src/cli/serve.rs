@@ -7,15 +7,42 @@ use anyhow::Context;
 use ferry::config::Config;
 use ferry::service;
 
-use super::ServeArgs;
+use super::{ServeArgs, ServerLocation};
 
-fn init_tracing() {
+fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// `ferry gc`: one collection against the data dir, then a report.
+pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
+    let cfg = location.load()?;
+    cfg.validate()?;
+    if !service::DataDir::new(&cfg.data_dir).db().exists() {
+        anyhow::bail!(
+            "no ferry database in {}: pass the server's --data-dir or --config",
+            cfg.data_dir.display()
+        );
+    }
+    init_tracing(&cfg.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let opened = service::open(&cfg)?;
+        let report = service::collector(&opened.state, &cfg)
+            .run()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{}", serde_json::to_string(&report)?);
+        Ok(())
+    })
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -28,7 +55,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    init_tracing();
+    init_tracing(&cfg.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let opened = service::open(&cfg)?;
@@ -44,12 +71,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .resume_verifying()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tokio::spawn(ferry::gc::run_periodic(engine, std::time::Duration::from_secs(600)));
+        let collector = std::sync::Arc::new(service::collector(&opened.state, &cfg));
+        let interval = std::time::Duration::from_secs(cfg.gc_interval_secs);
+        tokio::spawn(ferry::gc::run_periodic(collector, interval));
+        let (db, access) = (opened.state.db.clone(), opened.state.access.clone());
         tokio::spawn(service::watch_revocations(opened.state.clone()));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
         ferry::server::run(listener, opened.state, shutdown).await?;
+        // Keep the read times noted since the last flush.
+        if let Err(e) = access.flush(&db).await {
+            tracing::warn!(error = %e, "recording read times failed");
+        }
         Ok(())
     })
 }

@@ -56,6 +56,7 @@ pub fn status_of(e: &Error) -> StatusCode {
             | AuthError::NoAccess => StatusCode::UNAUTHORIZED,
         },
         Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Error::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::http::Method;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpServer, ResponseError, web};
 
 use crate::auth::Authorizer;
 use crate::db::Db;
@@ -33,6 +33,21 @@ pub struct AppState {
     pub caches: CacheIndex,
     /// tus limits and browser origins.
     pub tus: TusSettings,
+    /// Reads waiting to be recorded as last-access times.
+    pub access: Arc<crate::gc::AccessLog>,
+    /// Settings that shape answers.
+    pub settings: Settings,
+}
+
+/// Server settings taken from the config.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Retention of caches created without one; `None`: forever.
+    pub default_retention_secs: Option<i64>,
+    /// Host names answered for; empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Prefix for links in answers (no trailing slash); empty: paths.
+    pub public_url: String,
 }
 
 /// Settings of the tus door.
@@ -93,6 +108,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(health::not_found));
 }
 
+/// `Some(error)` when the request's Host is not one the server answers for.
+fn host_refused(req: &actix_web::dev::ServiceRequest) -> Option<Error> {
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let allowed = &state.settings.allowed_hosts;
+    if allowed.is_empty() {
+        return None;
+    }
+    let host = req.connection_info().host().to_owned();
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+    (!allowed.iter().any(|a| a == name || a == &host)).then(|| Error::HostNotAllowed(name.to_owned()))
+}
+
 /// Serves until `shutdown` resolves, on an already bound listener (so tests
 /// can bind port 0).
 pub async fn run(
@@ -107,8 +134,12 @@ pub async fn run(
             .wrap_fn(|req, srv| {
                 use actix_web::HttpMessage;
                 use actix_web::dev::Service;
+                if let Some(refused) = host_refused(&req) {
+                    return Box::pin(async move { Ok(req.into_response(refused.error_response())) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>;
+                }
                 let fut = srv.call(req);
-                async move {
+                Box::pin(async move {
                     let mut res = fut.await?;
                     let ignored = res.request().extensions().get::<access::TokenIgnored>().cloned();
                     if let Some(access::TokenIgnored(why)) = ignored
@@ -120,7 +151,7 @@ pub async fn run(
                         );
                     }
                     Ok(res)
-                }
+                })
             })
             .configure(routes)
     })

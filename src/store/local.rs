@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{BlobStore, fsync_dir};
+use super::{BlobInfo, BlobStore, fsync_dir};
 
 /// Blobs as files under a fan-out directory tree.
 pub struct LocalStore {
@@ -45,6 +45,12 @@ impl BlobStore for LocalStore {
         }
         let created = !dir.exists();
         fs::create_dir_all(dir)?;
+        // Stamp it: GC spares unreferenced blobs younger than its grace
+        // period, and a part file may be hours old when it is adopted.
+        fs::File::options()
+            .write(true)
+            .open(file)?
+            .set_modified(std::time::SystemTime::now())?;
         fs::rename(file, &dest)?;
         fsync_dir(dir)?;
         if created {
@@ -69,10 +75,44 @@ impl BlobStore for LocalStore {
         Ok(self.path_of(id)?.exists())
     }
 
+    fn list(&self) -> io::Result<Vec<BlobInfo>> {
+        let mut out = vec![];
+        for a in subdirs(&self.root)? {
+            for b in subdirs(&a)? {
+                for entry in fs::read_dir(&b)? {
+                    let entry = entry?;
+                    let meta = entry.metadata()?;
+                    let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if meta.is_file() && self.path_of(&id).is_ok() {
+                        out.push(BlobInfo {
+                            id,
+                            size: meta.len(),
+                            modified: meta.modified()?,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn delete(&self, id: &str) -> io::Result<()> {
         match fs::remove_file(self.path_of(id)?) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
     }
+}
+
+fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }

@@ -33,6 +33,17 @@ pub trait BlobStore: Send + Sync + 'static {
     fn exists(&self, id: &str) -> io::Result<bool>;
     /// Removes a blob; removing an absent blob is not an error.
     fn delete(&self, id: &str) -> io::Result<()>;
+    /// Every blob with its size and last modification (for GC).
+    fn list(&self) -> io::Result<Vec<BlobInfo>>;
+}
+
+/// A stored blob as [`BlobStore::list`] reports it.
+#[derive(Clone, Debug)]
+pub struct BlobInfo {
+    pub id: BlobId,
+    pub size: u64,
+    /// When it was stored (adopting a blob stamps it).
+    pub modified: std::time::SystemTime,
 }
 
 /// A shared blob store.

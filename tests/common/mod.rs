@@ -21,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ferry;
+pub mod flaky;
 pub mod fs;
 pub mod http;
 pub mod nginx;

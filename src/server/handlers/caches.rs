@@ -65,7 +65,10 @@ pub async fn create(
     access::require(&state, &req, Operation::CreateCache, &body.name)?;
     let store_dir = body.store_dir.unwrap_or_else(|| "/nix/store".to_owned());
     validate_store_dir(&store_dir)?;
-    let retention_secs = retention(body.retention.as_deref())?;
+    let retention_secs = match body.retention.as_deref() {
+        Some(r) => retention(Some(r))?,
+        None => state.settings.default_retention_secs,
+    };
     let key = SigningKey::generate(&format!("{}-1", body.name))?;
     let new = NewCache {
         name: body.name,

@@ -71,6 +71,7 @@ pub async fn get(
         .call(move |c| nars::nar_for_file(c, cache_id, &file_hash))
         .await?
         .ok_or_else(not_found)?;
+    state.access.nar(cache.id, nar.id);
     let chunks: Vec<ChunkRef> = chunks.into_iter().map(|c| ChunkRef { blob: c.blob, size: c.size }).collect();
     let head = req.method() == Method::HEAD;
     let cc = if cache.public {

@@ -50,6 +50,7 @@ pub async fn narinfo(
         .call(move |c| nars::narinfo(c, cache.id, &key))
         .await?
         .ok_or_else(|| Error::NotFound(format!("{hash}.narinfo")))?;
+    state.access.narinfo(cache.id, &hash);
     let mut res = HttpResponse::Ok();
     res.content_type("text/x-nix-narinfo")
         .insert_header(("cache-control", cache_control(cache.public, 60)));

@@ -81,7 +81,7 @@ pub async fn create(
         Created::Committed => Ok(json_no_store(StatusCode::OK, &json!({"state": "committed"}))),
         Created::Upload { id, expires_at } => {
             let body = UploadCreated {
-                upload_url: format!("/_api/v1/uploads/{id}"),
+                upload_url: format!("{}/_api/v1/uploads/{id}", state.settings.public_url),
                 id,
                 max_part_size: state.engine.config().max_part_size,
                 expires_at,
@@ -163,7 +163,7 @@ pub async fn complete(
     match state.engine.complete(&path, body.parts).await? {
         Completion::Committed { narinfo_url } => Ok(json_no_store(
             StatusCode::OK,
-            &json!({"state": "committed", "narinfo_url": narinfo_url}),
+            &json!({"state": "committed", "narinfo_url": format!("{}{narinfo_url}", state.settings.public_url)}),
         )),
         Completion::Verifying => Ok(json_no_store(StatusCode::ACCEPTED, &json!({"state": "verifying"}))),
     }

@@ -1,0 +1,70 @@
+{
+  description = "ferry: a Nix binary cache server that takes NARs in parts (fits behind a Cloudflare Tunnel)";
+
+  # edition 2024 and let-chains need Rust >= 1.88: nixos-unstable (or 25.11+).
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      lib = nixpkgs.lib;
+      systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        ferry = pkgs.rustPlatform.buildRustPackage {
+          pname = "ferry";
+          version = (lib.importTOML ./Cargo.toml).package.version;
+          src = lib.cleanSource ./.;
+          cargoLock.lockFile = ./Cargo.lock;
+          # The test suite drives a real nginx, real Nix (as root, single-user)
+          # and loopback servers; none of that exists in the build sandbox.
+          # Run it with `bash .ci/run` instead.
+          doCheck = false;
+          meta = {
+            description = "Nix binary cache server that takes NARs in parts";
+            mainProgram = "ferry";
+            platforms = lib.platforms.unix;
+          };
+        };
+        default = ferry;
+      });
+
+      # The module, with `package` defaulting to this flake's build.
+      nixosModules.default = { pkgs, ... }: {
+        imports = [ ./deploy/nixos/module.nix ];
+        services.ferry.package =
+          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      };
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = with pkgs; [
+            cargo rustc clippy rustfmt
+            # what the end-to-end tests and examples/curl-push.sh call
+            nginx zstd b3sum curl python3 nodejs
+          ];
+        };
+      });
+
+      checks = forAllSystems (pkgs:
+        { package = self.packages.${pkgs.stdenv.hostPlatform.system}.default; }
+        // lib.optionalAttrs pkgs.stdenv.isLinux {
+          # Boots a VM with the module enabled and checks the server answers.
+          nixos = pkgs.testers.runNixOSTest {
+            name = "ferry";
+            nodes.machine = { pkgs, ... }: {
+              imports = [ self.nixosModules.default ];
+              services.ferry.enable = true;
+              environment.systemPackages = [ pkgs.curl ];
+            };
+            testScript = ''
+              machine.wait_for_unit("ferry.service")
+              machine.wait_for_open_port(8080)
+              machine.succeed("curl -sf http://127.0.0.1:8080/healthz")
+              machine.succeed("journalctl -u ferry | grep -q 'Admin token'")
+            '';
+          };
+        });
+    };
+}

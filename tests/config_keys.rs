@@ -1,0 +1,85 @@
+//! The deployment files name exactly the config keys `ferry::config::Config`
+//! has: one NixOS option per key in deploy/nixos/module.nix (each written
+//! `"key-name" = mkOption {`), and every key in examples/ferry.toml, which
+//! must also still parse as a `Config`. The binary is not run here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ferry::config::Config;
+
+fn read(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The struct's keys: a default `Config` serialized to TOML, with every
+/// `Option` set so that no key is skipped.
+fn struct_keys() -> BTreeSet<String> {
+    let c = Config {
+        default_retention: Some("6 months".into()),
+        public_url: Some("https://cache.example.org".into()),
+        ..Config::default()
+    };
+    let text = toml::to_string(&c).expect("Config serializes to TOML");
+    let table: toml::Table = text.parse().expect("serialized Config parses back");
+    let keys: BTreeSet<String> = table.keys().cloned().collect();
+    assert!(keys.contains("listen") && keys.contains("data-dir"), "{keys:?}");
+    keys
+}
+
+/// Option names in the module: lines of the form `"key" = mkOption {`.
+fn module_keys() -> BTreeSet<String> {
+    let text = read("deploy/nixos/module.nix");
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some(rest) = line.strip_prefix('"') else { continue };
+        let Some((name, tail)) = rest.split_once('"') else { continue };
+        if tail.trim_start().starts_with("= mkOption") {
+            assert!(keys.insert(name.to_owned()), "option {name:?} declared twice in module.nix");
+        }
+    }
+    keys
+}
+
+#[test]
+fn nixos_module_has_one_option_per_config_key() {
+    let want = struct_keys();
+    let got = module_keys();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "deploy/nixos/module.nix settings options differ from src/config.rs:\n  missing: {missing:?}\n  not config keys: {extra:?}"
+    );
+}
+
+#[test]
+fn example_config_parses_and_mentions_every_key() {
+    let text = read("examples/ferry.toml");
+    let cfg: Config = toml::from_str(&text).expect("examples/ferry.toml parses as a Config");
+    cfg.validate().expect("examples/ferry.toml validates");
+
+    // Keys set, plus keys shown commented out (`# key = value`).
+    let mut mentioned = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_start().trim_start_matches('#').trim_start();
+        if let Some((key, _)) = line.split_once(" = ")
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            mentioned.insert(key.to_owned());
+        }
+    }
+    let want = struct_keys();
+    let missing: Vec<_> = want.difference(&mentioned).collect();
+    let extra: Vec<_> = mentioned.difference(&want).collect();
+    assert!(missing.is_empty(), "examples/ferry.toml does not mention: {missing:?}");
+    assert!(extra.is_empty(), "examples/ferry.toml mentions unknown keys: {extra:?}");
+
+    // Its values are the defaults, so it documents them truthfully.
+    let default = toml::to_string(&Config::default()).unwrap();
+    let set = toml::to_string(&cfg).unwrap();
+    assert_eq!(set, default, "examples/ferry.toml should set every key to its default");
+}
