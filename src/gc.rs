@@ -124,7 +124,7 @@ impl Collector {
             .db
             .write(move |tx| {
                 let n = tx.execute(
-                    "DELETE FROM nars WHERE created_at < ?1
+                    "DELETE FROM nars WHERE created_at <= ?1
                        AND NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = nars.id)",
                     [db::now() - grace],
                 )?;

@@ -129,7 +129,7 @@ fn a_recorded_read_keeps_a_path_past_its_retention() {
     assert_eq!(report.paths_expired, 0, "{report:?}");
     assert_eq!(http_request("GET", &narinfo, &[&auth], Body::None).status, 200);
     // Without a new read the next run expires it.
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_millis(4100));
     let report = rt.block_on(async {
         let opened = ferry::service::open(&cfg).unwrap();
         ferry::service::collector(&opened.state, &cfg).run().await.unwrap()
