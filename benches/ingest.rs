@@ -61,7 +61,11 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
 
 fn timed(cmd: &mut Command) -> Duration {
     let t = Instant::now();
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("run");
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
     assert!(st.success(), "{cmd:?} failed");
     t.elapsed()
 }
@@ -77,16 +81,30 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
-    let mib: u64 = std::env::var("FERRY_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let jobs: usize = std::env::var("FERRY_BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let work = tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-        .expect("tempdir");
+    let mib: u64 = std::env::var("FERRY_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let jobs: usize = std::env::var("FERRY_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let work =
+        tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .expect("tempdir");
     let nar = work.path().join("bench.nar");
     let zst = work.path().join("bench.nar.zst");
     eprintln!("preparing a {mib} MiB NAR …");
     let (nar_hash, nar_size) = make_nar(&nar, mib << 20);
     assert!(
-        Command::new("zstd").args(["-q", "-1", "-T0", "-f"]).arg(&nar).arg("-o").arg(&zst).status().expect("zstd").success()
+        Command::new("zstd")
+            .args(["-q", "-1", "-T0", "-f"])
+            .arg(&nar)
+            .arg("-o")
+            .arg(&zst)
+            .status()
+            .expect("zstd")
+            .success()
     );
     let zst_size = std::fs::metadata(&zst).expect("zst").len();
 
@@ -106,7 +124,12 @@ fn main() {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     let mut server = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(&data)
         .env("FERRY_LOG", "warn")
         .stdout(Stdio::piped())
@@ -119,7 +142,11 @@ fn main() {
         let n = stdout.read(&mut buf).expect("read");
         assert!(n > 0, "ferry serve printed no token");
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(t) = out.lines().skip_while(|l| !l.starts_with("Admin token")).nth(2) {
+        if let Some(t) = out
+            .lines()
+            .skip_while(|l| !l.starts_with("Admin token"))
+            .nth(2)
+        {
             break t.trim().to_owned();
         }
     };
@@ -198,7 +225,12 @@ fn main() {
             .send()
             .await
             .expect("complete");
-        assert_eq!(r.status().as_u16(), 200, "complete: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "complete: {}",
+            r.text().await.unwrap_or_default()
+        );
         (start.elapsed(), last_part.elapsed())
     });
     let rss = peak_rss_kib(server.id());
@@ -207,10 +239,27 @@ fn main() {
 
     let ferry = mbps(zst_size, elapsed);
     let dd_rate = mbps(zst_size, dd);
-    println!("ingest of a {mib} MiB NAR ({zst_size} bytes as zstd) in 64 MiB parts, {jobs} in flight, loopback");
-    println!("  ferry, first byte to committed : {ferry:8.1} MB/s  ({:.2} s)", elapsed.as_secs_f64());
-    println!("  dd conv=fsync, same bytes      : {dd_rate:8.1} MB/s  -> ferry/dd = {:.2}", ferry / dd_rate);
-    println!("  openssl dgst -sha256 of the NAR: {:8.1} MB/s", mbps(nar_size, sha));
-    println!("  commit latency after last part : {:8.0} ms", commit_latency.as_secs_f64() * 1e3);
-    println!("  server peak RSS                : {:8.1} MiB", rss as f64 / 1024.0);
+    println!(
+        "ingest of a {mib} MiB NAR ({zst_size} bytes as zstd) in 64 MiB parts, {jobs} in flight, loopback"
+    );
+    println!(
+        "  ferry, first byte to committed : {ferry:8.1} MB/s  ({:.2} s)",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  dd conv=fsync, same bytes      : {dd_rate:8.1} MB/s  -> ferry/dd = {:.2}",
+        ferry / dd_rate
+    );
+    println!(
+        "  openssl dgst -sha256 of the NAR: {:8.1} MB/s",
+        mbps(nar_size, sha)
+    );
+    println!(
+        "  commit latency after last part : {:8.0} ms",
+        commit_latency.as_secs_f64() * 1e3
+    );
+    println!(
+        "  server peak RSS                : {:8.1} MiB",
+        rss as f64 / 1024.0
+    );
 }

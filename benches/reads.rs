@@ -25,7 +25,10 @@ fn token_costs() -> (f64, f64) {
     let root = RootKey::generate();
     let spec = TokenSpec {
         subject: "bench".into(),
-        rights: vec![(Operation::Pull, "main".into()), (Operation::Push, "main".into())],
+        rights: vec![
+            (Operation::Pull, "main".into()),
+            (Operation::Push, "main".into()),
+        ],
         expires_at: SystemTime::now() + Duration::from_secs(3600),
     };
     let token = auth::mint(&root, &spec).expect("mint");
@@ -102,20 +105,41 @@ fn load(port: u16, path: &str, auth: Option<&str>, secs: u64) -> f64 {
 
 fn curl_json(method: &str, url: &str, token: &str, body: &str) -> serde_json::Value {
     let out = Command::new("curl")
-        .args(["-sS", "-X", method, "-H", &format!("Authorization: Bearer {token}"), "-d", body, url])
+        .args([
+            "-sS",
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-d",
+            body,
+            url,
+        ])
         .output()
         .expect("curl");
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 fn main() {
-    let secs: u64 = std::env::var("FERRY_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::var("FERRY_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let (cold, cached) = token_costs();
 
     let work = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(work.path().join("data"))
         .env("FERRY_LOG", "warn")
         .stdout(Stdio::piped())
@@ -128,42 +152,69 @@ fn main() {
         let n = stdout.read(&mut buf).expect("read");
         assert!(n > 0, "no admin token printed");
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(t) = out.lines().skip_while(|l| !l.starts_with("Admin token")).nth(2) {
+        if let Some(t) = out
+            .lines()
+            .skip_while(|l| !l.starts_with("Admin token"))
+            .nth(2)
+        {
             break t.trim().to_owned();
         }
     };
     let base = format!("http://127.0.0.1:{port}");
     std::thread::sleep(Duration::from_millis(300));
     // One small NAR, published in a private and a public cache.
-    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular { executable: false, contents: b"bench".to_vec() });
+    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
+        executable: false,
+        contents: b"bench".to_vec(),
+    });
     let hash = ferry::nar::Sha256Hash::digest(&nar).to_string();
     let store_path = "/nix/store/0000000000000000000000000000000b-bench";
     let mut narinfo_text = String::new();
     for (cache, public) in [("private", false), ("public", true)] {
-        curl_json("POST", &format!("{base}/_api/v1/caches"), &token, &format!(r#"{{"name":"{cache}","public":{public}}}"#));
+        curl_json(
+            "POST",
+            &format!("{base}/_api/v1/caches"),
+            &token,
+            &format!(r#"{{"name":"{cache}","public":{public}}}"#),
+        );
         let up = curl_json(
             "POST",
             &format!("{base}/_api/v1/caches/{cache}/uploads"),
             &token,
-            &serde_json::json!({"store_path": store_path, "nar_hash": hash, "nar_size": nar.len()}).to_string(),
+            &serde_json::json!({"store_path": store_path, "nar_hash": hash, "nar_size": nar.len()})
+                .to_string(),
         );
         if let Some(url) = up["upload_url"].as_str() {
             let file = work.path().join("nar");
             std::fs::write(&file, &nar).expect("write nar");
             let st = Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "-H", &format!("Authorization: Bearer {token}"), "-T"])
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-H",
+                    &format!("Authorization: Bearer {token}"),
+                    "-T",
+                ])
                 .arg(&file)
                 .arg(format!("{base}{url}/parts/1"))
                 .status()
                 .expect("curl");
             assert!(st.success());
-            let done = curl_json("POST", &format!("{base}{url}/complete"), &token, r#"{"parts":1}"#);
+            let done = curl_json(
+                "POST",
+                &format!("{base}{url}/complete"),
+                &token,
+                r#"{"parts":1}"#,
+            );
             assert_eq!(done["state"], "committed", "{done}");
         }
         narinfo_text = String::from_utf8(
             Command::new("curl")
                 .args(["-sS", "-H", &format!("Authorization: Bearer {token}")])
-                .arg(format!("{base}/{cache}/0000000000000000000000000000000b.narinfo"))
+                .arg(format!(
+                    "{base}/{cache}/0000000000000000000000000000000b.narinfo"
+                ))
                 .output()
                 .expect("curl")
                 .stdout,
@@ -180,22 +231,37 @@ fn main() {
     println!("  cold (never seen)   : {cold:9.1} µs");
     println!("  cached              : {cached:9.2} µs");
     println!("narinfo GETs, {CONNECTIONS} keep-alive connections, {secs} s each:");
-    println!("  public, no token    : {public:9.0} req/s  ({:.1} µs/request of server time)", 1e6 / public);
-    println!("  private, with token : {private:9.0} req/s  -> private/public = {:.2}", private / public);
+    println!(
+        "  public, no token    : {public:9.0} req/s  ({:.1} µs/request of server time)",
+        1e6 / public
+    );
+    println!(
+        "  private, with token : {private:9.0} req/s  -> private/public = {:.2}",
+        private / public
+    );
     match nginx_reference(&narinfo_text, secs) {
-        Some(n) => println!("  nginx static file   : {n:9.0} req/s  -> ferry public/nginx = {:.2}", public / n),
+        Some(n) => println!(
+            "  nginx static file   : {n:9.0} req/s  -> ferry public/nginx = {:.2}",
+            public / n
+        ),
         None => println!("  nginx static file   : nginx not installed (run .ci/run)"),
     }
 }
 
 /// nginx serving the narinfo text as a static file, sendfile off.
 fn nginx_reference(text: &str, secs: u64) -> Option<f64> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let dir = tempfile::tempdir().ok()?;
     let root = dir.path().join("root/c");
     std::fs::create_dir_all(&root).ok()?;
     std::fs::write(root.join("x.narinfo"), text).ok()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let conf = format!(
         "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\

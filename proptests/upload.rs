@@ -7,18 +7,24 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ferry::db::Db;
 use ferry::db::caches::{self, NewCache};
 use ferry::db::nars;
 use ferry::db::uploads::UploadMeta;
-use ferry::db::Db;
 use ferry::nar::{Sha256Hash, SigningKey, StorePath, Tree, write_nar};
 use ferry::store::{ChainReader, ChunkRef, LocalStore, SharedStore};
 use ferry::upload::{Completion, Compression, Created, Engine, EngineConfig, NewUpload, PartRules};
 use proptest::prelude::*;
 
 fn tree() -> impl Strategy<Value = Tree> {
-    let file = (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40_000))
-        .prop_map(|(executable, contents)| Tree::Regular { executable, contents });
+    let file = (
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..40_000),
+    )
+        .prop_map(|(executable, contents)| Tree::Regular {
+            executable,
+            contents,
+        });
     proptest::collection::btree_map("[a-z]{1,8}", file, 1..6)
         .prop_map(|m| Tree::Directory(m.into_iter().collect::<BTreeMap<_, _>>()))
 }
@@ -43,7 +49,13 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db")).unwrap();
         let store: SharedStore = Arc::new(LocalStore::open(&dir.path().join("blobs")).unwrap());
-        let engine = Engine::new(db.clone(), store.clone(), dir.path().join("up"), EngineConfig::default()).unwrap();
+        let engine = Engine::new(
+            db.clone(),
+            store.clone(),
+            dir.path().join("up"),
+            EngineConfig::default(),
+        )
+        .unwrap();
         let key = SigningKey::generate("t-1").unwrap().to_nix_string();
         let cache = db
             .call_blocking(|c| {
@@ -61,14 +73,26 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
                 )
             })
             .unwrap();
-        let body = if zstd { zstd::encode_all(&nar[..], 1).unwrap() } else { nar.clone() };
+        let body = if zstd {
+            zstd::encode_all(&nar[..], 1).unwrap()
+        } else {
+            nar.clone()
+        };
         let parts = cuts(body.len(), &raw_cuts);
         let new = NewUpload {
-            store_path: StorePath::parse("/nix/store/00000000000000000000000000000000-x", "/nix/store").unwrap(),
+            store_path: StorePath::parse(
+                "/nix/store/00000000000000000000000000000000-x",
+                "/nix/store",
+            )
+            .unwrap(),
             nar_hash: Sha256Hash::digest(&nar),
             nar_size: nar.len() as u64,
             meta: UploadMeta::default(),
-            compression: if zstd { Compression::Zstd } else { Compression::None },
+            compression: if zstd {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
         };
         let Created::Upload { id, .. } = engine.create(&cache, new).await.unwrap() else {
             panic!("expected an upload")
@@ -88,8 +112,14 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
             handles.push(tokio::spawn(async move {
                 let len = chunk.len() as u64;
                 let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(chunk)]);
-                let rules = PartRules { content_length: Some(len), ..PartRules::default() };
-                engine.put_part(&id, i as u64 + 1, rules, stream).await.unwrap();
+                let rules = PartRules {
+                    content_length: Some(len),
+                    ..PartRules::default()
+                };
+                engine
+                    .put_part(&id, i as u64 + 1, rules, stream)
+                    .await
+                    .unwrap();
             }));
         }
         for h in handles {
@@ -105,9 +135,17 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
                 Ok((row, chunks))
             })
             .unwrap();
-        let refs: Vec<ChunkRef> = chunks.into_iter().map(|c| ChunkRef { blob: c.blob, size: c.size }).collect();
+        let refs: Vec<ChunkRef> = chunks
+            .into_iter()
+            .map(|c| ChunkRef {
+                blob: c.blob,
+                size: c.size,
+            })
+            .collect();
         let mut file = vec![];
-        ChainReader::new(store, &refs, 0, row.file_size).read_to_end(&mut file).unwrap();
+        ChainReader::new(store, &refs, 0, row.file_size)
+            .read_to_end(&mut file)
+            .unwrap();
         assert_eq!(Sha256Hash::digest(&file).to_string(), row.file_hash);
         let back = zstd::decode_all(&file[..]).unwrap();
         assert_eq!(Sha256Hash::digest(&back), Sha256Hash::digest(&nar));

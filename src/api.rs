@@ -115,7 +115,11 @@ pub struct ConfigureCache {
     pub public: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
     pub retention: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_keys: Option<Vec<String>>,
@@ -132,7 +136,9 @@ mod double_option {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
         Option::<String>::deserialize(d).map(Some)
     }
 }
@@ -169,7 +175,9 @@ pub fn parse_content_digest(value: &str) -> Result<Option<ExpectedDigest>, Strin
     use base64::Engine as _;
     for member in value.split(',') {
         let Some((alg, rest)) = member.trim().split_once('=') else {
-            return Err(format!("Content-Digest member {member:?} is not algorithm=:base64:"));
+            return Err(format!(
+                "Content-Digest member {member:?} is not algorithm=:base64:"
+            ));
         };
         let algorithm = match alg.trim().to_ascii_lowercase().as_str() {
             "sha-256" => DigestAlgorithm::Sha256,
@@ -195,7 +203,10 @@ pub fn parse_content_digest(value: &str) -> Result<Option<ExpectedDigest>, Strin
 /// Renders a `Content-Digest` header value for a SHA-256.
 pub fn content_digest_sha256(digest: &[u8]) -> String {
     use base64::Engine as _;
-    format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(digest))
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 #[cfg(test)]

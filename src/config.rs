@@ -111,7 +111,10 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("default-retention = {r:?} is not a duration: {e}"))?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            anyhow::bail!("log-format must be \"text\" or \"json\", not {:?}", self.log_format);
+            anyhow::bail!(
+                "log-format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            );
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -138,7 +141,8 @@ mod tests {
         let cfg: Config = toml::from_str("max-part-size = 200000000").unwrap();
         let msg = cfg.validate().unwrap_err().to_string();
         assert!(msg.contains("max-part-size"), "{msg}");
-        let cfg: Config = toml::from_str("max-part-size = 200000000\nforce-max-part-size = true").unwrap();
+        let cfg: Config =
+            toml::from_str("max-part-size = 200000000\nforce-max-part-size = true").unwrap();
         cfg.validate().unwrap();
         Config::default().validate().unwrap();
     }

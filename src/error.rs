@@ -27,13 +27,17 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Format(#[from] FormatError),
-    #[error("no upload with id {0} exists (it may have expired or been abandoned): start a new upload")]
+    #[error(
+        "no upload with id {0} exists (it may have expired or been abandoned): start a new upload"
+    )]
     UploadNotFound(String),
     #[error("upload {id} is {state}: it can no longer be changed")]
     UploadClosed { id: String, state: String },
     #[error("part number {0} is invalid: parts are numbered from 1 to 100000")]
     BadPartNumber(u64),
-    #[error("the part is {size} bytes, over the limit of {limit} bytes: split the NAR into smaller parts")]
+    #[error(
+        "the part is {size} bytes, over the limit of {limit} bytes: split the NAR into smaller parts"
+    )]
     PartTooLarge { size: u64, limit: u64 },
     #[error(
         "the part was sent without Content-Length: send each part with a Content-Length header, not chunked"
@@ -41,7 +45,9 @@ pub enum Error {
     LengthRequired,
     #[error("the part body ended after {got} of {expected} bytes: send the part again")]
     PartTruncated { got: u64, expected: u64 },
-    #[error("the part's {algorithm} digest does not match Content-Digest: the part was not kept, send it again")]
+    #[error(
+        "the part's {algorithm} digest does not match Content-Digest: the part was not kept, send it again"
+    )]
     PartDigestMismatch {
         algorithm: String,
         expected: String,
@@ -63,7 +69,9 @@ pub enum Error {
     InvalidCompression(String),
     #[error("no NAR file was uploaded at {0}: PUT the NAR before its narinfo")]
     NarFileMissing(String),
-    #[error("Upload-Offset is {got} but the upload is at {expected}: send HEAD and resume from its offset")]
+    #[error(
+        "Upload-Offset is {got} but the upload is at {expected}: send HEAD and resume from its offset"
+    )]
     TusOffsetMismatch { expected: u64, got: u64 },
     #[error("the chunk's Upload-Checksum does not match: it was not kept, send it again")]
     TusChecksumMismatch,
@@ -87,7 +95,9 @@ pub enum Error {
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Auth(#[from] AuthError),
-    #[error("a token is required: send it as 'Authorization: Bearer <token>' or as the password of HTTP Basic auth")]
+    #[error(
+        "a token is required: send it as 'Authorization: Bearer <token>' or as the password of HTTP Basic auth"
+    )]
     Unauthenticated,
     #[error("your token does not allow `{0}` on this cache; ask for a token with the `{0}` right")]
     Forbidden(Operation),
@@ -169,7 +179,11 @@ impl Error {
         let mut body = json!({"error": self.code(), "message": self.to_string()});
         let details = match self {
             Error::PartTooLarge { size, limit } => json!({"size": size, "limit": limit}),
-            Error::PartDigestMismatch { algorithm, expected, actual } => {
+            Error::PartDigestMismatch {
+                algorithm,
+                expected,
+                actual,
+            } => {
                 json!({"algorithm": algorithm, "expected": expected, "actual": actual})
             }
             Error::MissingParts { missing } => json!({"missing": missing}),
@@ -181,7 +195,9 @@ impl Error {
             | Error::FileSizeMismatch { expected, actual } => {
                 json!({"expected": expected, "actual": actual})
             }
-            Error::PartTruncated { got, expected } => json!({"received": got, "expected": expected}),
+            Error::PartTruncated { got, expected } => {
+                json!({"received": got, "expected": expected})
+            }
             Error::TusOffsetMismatch { expected, got } => json!({"offset": expected, "sent": got}),
             _ => json!({}),
         };

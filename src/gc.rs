@@ -69,8 +69,9 @@ impl AccessLog {
             for (cache, hash) in &paths {
                 p.execute(params![cache, hash, now])?;
             }
-            let mut n = tx
-                .prepare_cached("UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2")?;
+            let mut n = tx.prepare_cached(
+                "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2",
+            )?;
             for (cache, nar) in &nars {
                 n.execute(params![cache, nar, now])?;
             }
@@ -98,6 +99,8 @@ pub struct Collector {
     pub access: Arc<AccessLog>,
     /// Blobs and NAR rows younger than this are left alone.
     pub grace: Duration,
+    /// Where runs and freed bytes are counted.
+    pub metrics: Arc<crate::server::metrics::Metrics>,
 }
 
 impl Collector {
@@ -134,6 +137,7 @@ impl Collector {
         let (blobs, bytes) = self.sweep_blobs().await?;
         report.blobs_removed = blobs;
         report.bytes_freed = bytes;
+        self.metrics.gc(bytes);
         Ok(report)
     }
 
@@ -153,7 +157,9 @@ impl Collector {
             let now = SystemTime::now();
             let (mut count, mut bytes) = (0, 0);
             for blob in store.list()? {
-                let old = now.duration_since(blob.modified).is_ok_and(|age| age >= grace);
+                let old = now
+                    .duration_since(blob.modified)
+                    .is_ok_and(|age| age >= grace);
                 if old && !referenced.contains(&blob.id) {
                     store.delete(&blob.id)?;
                     count += 1;

@@ -26,7 +26,9 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn new(root: &Path) -> DataDir {
-        DataDir { root: root.to_owned() }
+        DataDir {
+            root: root.to_owned(),
+        }
     }
     pub fn db(&self) -> PathBuf {
         self.root.join("ferry.db")
@@ -61,7 +63,10 @@ pub fn root_key(dir: &DataDir) -> anyhow::Result<(RootKey, bool)> {
 pub fn admin_spec(subject: &str, validity: Duration) -> TokenSpec {
     TokenSpec {
         subject: subject.to_owned(),
-        rights: Operation::ALL.iter().map(|op| (*op, "*".to_owned())).collect(),
+        rights: Operation::ALL
+            .iter()
+            .map(|op| (*op, "*".to_owned()))
+            .collect(),
         expires_at: SystemTime::now() + validity,
     }
 }
@@ -91,17 +96,30 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
         None
     };
     let auth = Authorizer::new(root.public());
-    auth.set_revoked(db.call_blocking(|c| revocations::all(c)).map_err(|e| anyhow::anyhow!("{e:?}"))?);
+    auth.set_revoked(
+        db.call_blocking(|c| revocations::all(c))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    );
     let state = AppState {
         caches: crate::db::caches::CacheIndex::new(db.clone()),
         access: Arc::new(crate::gc::AccessLog::default()),
+        metrics: Arc::new(crate::server::metrics::Metrics::default()),
         settings: crate::server::Settings {
             default_retention_secs: match &cfg.default_retention {
-                Some(r) => Some(auth::parse_duration(r).map_err(|e| anyhow::anyhow!("{e}"))?.as_secs() as i64),
+                Some(r) => Some(
+                    auth::parse_duration(r)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .as_secs() as i64,
+                ),
                 None => None,
             },
             allowed_hosts: cfg.allowed_hosts.clone(),
-            public_url: cfg.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
+            public_url: cfg
+                .public_url
+                .clone()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
         },
         tus: crate::server::TusSettings {
             max_size: cfg.tus_max_size,
@@ -129,7 +147,10 @@ pub fn revocation_id_of(token: &str) -> Result<String> {
 /// Stores a revoked id and makes the running authorizer see it at once.
 pub async fn revoke(state: &AppState, id: &str) -> Result<()> {
     let key = id.to_owned();
-    state.db.write(move |tx| revocations::insert(tx, &key)).await?;
+    state
+        .db
+        .write(move |tx| revocations::insert(tx, &key))
+        .await?;
     load_revocations(state).await
 }
 
@@ -169,5 +190,6 @@ pub fn collector(state: &AppState, cfg: &Config) -> crate::gc::Collector {
         engine: state.engine.clone(),
         access: state.access.clone(),
         grace: Duration::from_secs(cfg.orphan_grace_secs),
+        metrics: state.metrics.clone(),
     }
 }

@@ -24,7 +24,10 @@ fn struct_keys() -> BTreeSet<String> {
     let text = toml::to_string(&c).expect("Config serializes to TOML");
     let table: toml::Table = text.parse().expect("serialized Config parses back");
     let keys: BTreeSet<String> = table.keys().cloned().collect();
-    assert!(keys.contains("listen") && keys.contains("data-dir"), "{keys:?}");
+    assert!(
+        keys.contains("listen") && keys.contains("data-dir"),
+        "{keys:?}"
+    );
     keys
 }
 
@@ -34,10 +37,17 @@ fn module_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for line in text.lines() {
         let line = line.trim_start();
-        let Some(rest) = line.strip_prefix('"') else { continue };
-        let Some((name, tail)) = rest.split_once('"') else { continue };
+        let Some(rest) = line.strip_prefix('"') else {
+            continue;
+        };
+        let Some((name, tail)) = rest.split_once('"') else {
+            continue;
+        };
         if tail.trim_start().starts_with("= mkOption") {
-            assert!(keys.insert(name.to_owned()), "option {name:?} declared twice in module.nix");
+            assert!(
+                keys.insert(name.to_owned()),
+                "option {name:?} declared twice in module.nix"
+            );
         }
     }
     keys
@@ -67,7 +77,9 @@ fn example_config_parses_and_mentions_every_key() {
         let line = line.trim_start().trim_start_matches('#').trim_start();
         if let Some((key, _)) = line.split_once(" = ")
             && !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
             mentioned.insert(key.to_owned());
         }
@@ -75,11 +87,20 @@ fn example_config_parses_and_mentions_every_key() {
     let want = struct_keys();
     let missing: Vec<_> = want.difference(&mentioned).collect();
     let extra: Vec<_> = mentioned.difference(&want).collect();
-    assert!(missing.is_empty(), "examples/ferry.toml does not mention: {missing:?}");
-    assert!(extra.is_empty(), "examples/ferry.toml mentions unknown keys: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "examples/ferry.toml does not mention: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "examples/ferry.toml mentions unknown keys: {extra:?}"
+    );
 
     // Its values are the defaults, so it documents them truthfully.
     let default = toml::to_string(&Config::default()).unwrap();
     let set = toml::to_string(&cfg).unwrap();
-    assert_eq!(set, default, "examples/ferry.toml should set every key to its default");
+    assert_eq!(
+        set, default,
+        "examples/ferry.toml should set every key to its default"
+    );
 }

@@ -26,11 +26,15 @@ fn attenuated_pull_only_token_substitutes_but_cannot_push() {
     let closure = build_closure(&ClosureSpec::new("tokens").random("blob", 2_000_000));
     let dir = tempfile::tempdir().unwrap();
     let host = "127.0.0.1";
-    let pusher = s.mint(&[(Operation::Push, "private"), (Operation::Pull, "private")], Duration::from_secs(3600));
+    let pusher = s.mint(
+        &[(Operation::Push, "private"), (Operation::Pull, "private")],
+        Duration::from_secs(3600),
+    );
     let netrc = common::write_netrc(dir.path(), host, &pusher);
     let url = format!("{}/private", s.url);
     let paths: Vec<&str> = closure.paths.iter().map(|p| p.as_str()).collect();
-    common::nix_copy_to(&format!("{url}?compression=zstd"), &paths, Some(&netrc)).expect("push with a push token");
+    common::nix_copy_to(&format!("{url}?compression=zstd"), &paths, Some(&netrc))
+        .expect("push with a push token");
 
     // Narrow it offline: pull only, this cache only, one hour.
     let pull_only = auth::attenuate(
@@ -51,10 +55,27 @@ fn attenuated_pull_only_token_substitutes_but_cannot_push() {
 
     // The same token cannot push: a new path must not arrive.
     let other = build_closure(&ClosureSpec::new("tokens-refused").random("blob", 100_000));
-    let refused = common::nix_copy_to(&format!("{url}?compression=zstd"), &[&other.top], Some(&netrc2));
-    assert!(refused.is_err(), "nix copy --to with a pull-only token must fail");
-    let hash = other.top.trim_start_matches("/nix/store/").get(..32).unwrap().to_owned();
-    let r = http_request("GET", &format!("{url}/{hash}.narinfo"), &[&auth_header], Body::None);
+    let refused = common::nix_copy_to(
+        &format!("{url}?compression=zstd"),
+        &[&other.top],
+        Some(&netrc2),
+    );
+    assert!(
+        refused.is_err(),
+        "nix copy --to with a pull-only token must fail"
+    );
+    let hash = other
+        .top
+        .trim_start_matches("/nix/store/")
+        .get(..32)
+        .unwrap()
+        .to_owned();
+    let r = http_request(
+        "GET",
+        &format!("{url}/{hash}.narinfo"),
+        &[&auth_header],
+        Body::None,
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     // And without any token Nix cannot read the private cache.
     assert!(common::try_nix_copy_from(&url, &public_key, None, &closure.top).is_err());

@@ -14,14 +14,24 @@ use ferry::nar::{Sha256Hash, SigningKey, Tree, write_nar};
 
 fn post(s: &InProcess, path: &str, body: serde_json::Value) -> serde_json::Value {
     let auth = format!("Authorization: Bearer {}", s.admin_token);
-    let r = http_request("POST", &format!("{}{path}", s.url), &[&auth], Body::Bytes(body.to_string().into_bytes()));
+    let r = http_request(
+        "POST",
+        &format!("{}{path}", s.url),
+        &[&auth],
+        Body::Bytes(body.to_string().into_bytes()),
+    );
     assert!(r.status < 300, "{path}: {} {}", r.status, r.text());
     r.json()
 }
 
 fn put_part(s: &InProcess, url: &str, n: u32, bytes: &[u8]) {
     let auth = format!("Authorization: Bearer {}", s.admin_token);
-    let r = http_request("PUT", &format!("{}{url}/parts/{n}", s.url), &[&auth], Body::Bytes(bytes.to_vec()));
+    let r = http_request(
+        "PUT",
+        &format!("{}{url}/parts/{n}", s.url),
+        &[&auth],
+        Body::Bytes(bytes.to_vec()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -52,7 +62,11 @@ fn ferry_gc(data_dir: &Path, config: &str) -> serde_json::Value {
         .env("FERRY_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "ferry gc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ferry gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ferry gc prints a JSON report")
 }
 
@@ -66,10 +80,17 @@ fn nar(seed: &str) -> Vec<u8> {
 #[test]
 fn retention_expires_paths_and_frees_their_blobs() {
     let s = InProcess::start();
-    post(&s, "/_api/v1/caches", serde_json::json!({"name": "short", "retention": "1s"}));
+    post(
+        &s,
+        "/_api/v1/caches",
+        serde_json::json!({"name": "short", "retention": "1s"}),
+    );
     post(&s, "/_api/v1/caches", serde_json::json!({"name": "keep"}));
     let mut narinfos = vec![];
-    for (cache, seed, hash) in [("short", "a", "0000000000000000000000000000000a"), ("keep", "b", "0000000000000000000000000000000b")] {
+    for (cache, seed, hash) in [
+        ("short", "a", "0000000000000000000000000000000a"),
+        ("keep", "b", "0000000000000000000000000000000b"),
+    ] {
         let bytes = nar(seed);
         let up = post(
             &s,
@@ -78,7 +99,14 @@ fn retention_expires_paths_and_frees_their_blobs() {
         );
         let url = up["upload_url"].as_str().unwrap().to_owned();
         put_part(&s, &url, 1, &bytes);
-        assert_eq!(post(&s, &format!("{url}/complete"), serde_json::json!({"parts": 1}))["state"], "committed");
+        assert_eq!(
+            post(
+                &s,
+                &format!("{url}/complete"),
+                serde_json::json!({"parts": 1})
+            )["state"],
+            "committed"
+        );
         narinfos.push(format!("{}/{cache}/{hash}.narinfo", s.url));
     }
     let auth = format!("Authorization: Bearer {}", s.admin_token);
@@ -89,15 +117,29 @@ fn retention_expires_paths_and_frees_their_blobs() {
     assert_eq!(report["paths_expired"], 1, "{report}");
     assert_eq!(report["nars_removed"], 1, "{report}");
     assert_eq!(report["blobs_removed"], 1, "{report}");
-    assert_eq!(http_request("GET", &narinfos[0], &[&auth], Body::None).status, 404);
-    assert_eq!(http_request("GET", &narinfos[1], &[&auth], Body::None).status, 200);
-    assert_eq!(files_under(&blobs).len(), 1, "only the kept cache's blob remains");
+    assert_eq!(
+        http_request("GET", &narinfos[0], &[&auth], Body::None).status,
+        404
+    );
+    assert_eq!(
+        http_request("GET", &narinfos[1], &[&auth], Body::None).status,
+        200
+    );
+    assert_eq!(
+        files_under(&blobs).len(),
+        1,
+        "only the kept cache's blob remains"
+    );
 }
 
 #[test]
 fn a_recorded_read_keeps_a_path_past_its_retention() {
     let s = InProcess::start();
-    post(&s, "/_api/v1/caches", serde_json::json!({"name": "c", "retention": "3s"}));
+    post(
+        &s,
+        "/_api/v1/caches",
+        serde_json::json!({"name": "c", "retention": "3s"}),
+    );
     let bytes = nar("read");
     let up = post(
         &s,
@@ -106,11 +148,18 @@ fn a_recorded_read_keeps_a_path_past_its_retention() {
     );
     let url = up["upload_url"].as_str().unwrap().to_owned();
     put_part(&s, &url, 1, &bytes);
-    post(&s, &format!("{url}/complete"), serde_json::json!({"parts": 1}));
+    post(
+        &s,
+        &format!("{url}/complete"),
+        serde_json::json!({"parts": 1}),
+    );
     let auth = format!("Authorization: Bearer {}", s.admin_token);
     let narinfo = format!("{}/c/0000000000000000000000000000000c.narinfo", s.url);
     std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(http_request("GET", &narinfo, &[&auth], Body::None).status, 200);
+    assert_eq!(
+        http_request("GET", &narinfo, &[&auth], Body::None).status,
+        200
+    );
     let cfg = Config {
         data_dir: s.data_dir.path().to_owned(),
         orphan_grace_secs: 0,
@@ -123,16 +172,28 @@ fn a_recorded_read_keeps_a_path_past_its_retention() {
     // (The serving process's log is its own; note the read in this one.)
     let report = rt.block_on(async {
         let opened = ferry::service::open(&cfg).unwrap();
-        opened.state.access.narinfo(1, "0000000000000000000000000000000c");
-        ferry::service::collector(&opened.state, &cfg).run().await.unwrap()
+        opened
+            .state
+            .access
+            .narinfo(1, "0000000000000000000000000000000c");
+        ferry::service::collector(&opened.state, &cfg)
+            .run()
+            .await
+            .unwrap()
     });
     assert_eq!(report.paths_expired, 0, "{report:?}");
-    assert_eq!(http_request("GET", &narinfo, &[&auth], Body::None).status, 200);
+    assert_eq!(
+        http_request("GET", &narinfo, &[&auth], Body::None).status,
+        200
+    );
     // Without a new read the next run expires it.
     std::thread::sleep(Duration::from_millis(4100));
     let report = rt.block_on(async {
         let opened = ferry::service::open(&cfg).unwrap();
-        ferry::service::collector(&opened.state, &cfg).run().await.unwrap()
+        ferry::service::collector(&opened.state, &cfg)
+            .run()
+            .await
+            .unwrap()
     });
     assert_eq!(report.paths_expired, 1, "{report:?}");
 }
@@ -149,7 +210,11 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
     );
     put_part(&s, up["upload_url"].as_str().unwrap(), 1, &bytes[..100]);
     let uploads = s.data_dir.path().join("uploads");
-    assert!(files_under(&uploads).iter().any(|p| p.extension().is_some_and(|e| e == "part")));
+    assert!(
+        files_under(&uploads)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "part"))
+    );
     // A blob with no row, as a crash between storing and recording leaves.
     let orphan = "ab".repeat(32);
     let orphan_path = s.data_dir.path().join("blobs/ab/ab").join(&orphan);
@@ -159,9 +224,14 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
     // Within the grace period the orphan stays.
     let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 3600\n");
     assert_eq!(report["uploads_removed"], 1, "{report}");
-    assert!(orphan_path.exists(), "a blob younger than the grace period is kept");
     assert!(
-        !files_under(&uploads).iter().any(|p| p.extension().is_some_and(|e| e == "part")),
+        orphan_path.exists(),
+        "a blob younger than the grace period is kept"
+    );
+    assert!(
+        !files_under(&uploads)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "part")),
         "no part file remains"
     );
     let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 1\n");
@@ -203,19 +273,32 @@ fn ten_thousand_expired_paths_go_in_one_run() {
                     compression: "zstd".into(),
                     file_hash: Sha256Hash::digest(b"y").to_string(),
                     file_size: 1,
-                    chunks: vec![Chunk { blob: "cd".repeat(32), size: 1 }],
+                    chunks: vec![Chunk {
+                        blob: "cd".repeat(32),
+                        size: 1,
+                    }],
                 },
             )?;
             for i in 0..10_000u32 {
                 let hash = format!("{i:032}");
-                nars::upsert_path(tx, cache.id, &hash, &format!("/nix/store/{hash}-p"), row.id, "text")?;
+                nars::upsert_path(
+                    tx,
+                    cache.id,
+                    &hash,
+                    &format!("/nix/store/{hash}-p"),
+                    row.id,
+                    "text",
+                )?;
             }
             tx.execute("UPDATE paths SET last_access = last_access - 100", [])?;
             Ok(())
         })
         .await
         .unwrap();
-        let report = ferry::service::collector(&opened.state, &cfg).run().await.unwrap();
+        let report = ferry::service::collector(&opened.state, &cfg)
+            .run()
+            .await
+            .unwrap();
         assert_eq!(report.paths_expired, 10_000, "{report:?}");
         assert_eq!(report.nars_removed, 1, "{report:?}");
         let left: i64 = db

@@ -18,7 +18,12 @@ fn get(url: &str, auth: Option<&str>) -> HttpResponse {
 
 fn post(url: &str, token: &str, json: serde_json::Value) -> HttpResponse {
     let auth = format!("Authorization: Bearer {token}");
-    http_request("POST", url, &[&auth], Body::Bytes(json.to_string().into_bytes()))
+    http_request(
+        "POST",
+        url,
+        &[&auth],
+        Body::Bytes(json.to_string().into_bytes()),
+    )
 }
 
 fn setup() -> InProcess {
@@ -124,10 +129,17 @@ fn revoking_a_parent_revokes_its_attenuations_but_not_its_siblings_parent() {
         serde_json::json!({ "token": child }),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(get(&info_url(&s, "a"), Some(&parent)).status, 200, "parent stays");
+    assert_eq!(
+        get(&info_url(&s, "a"), Some(&parent)).status,
+        200,
+        "parent stays"
+    );
     for t in [&child, &grandchild] {
         let r = get(&info_url(&s, "a"), Some(t));
-        assert_eq!((r.status, error_code(&r)), (401, "token_revoked".to_owned()));
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (401, "token_revoked".to_owned())
+        );
     }
 }
 
@@ -138,7 +150,12 @@ fn revoking_needs_admin_on_every_cache() {
     let admin_a = s.mint(&[(Operation::Admin, "a")], Duration::from_secs(3600));
     let url = format!("{}/_api/v1/tokens/revoke", s.url);
     let r = post(&url, &admin_a, serde_json::json!({ "token": victim }));
-    assert!(r.status == 401 || r.status == 403, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 401 || r.status == 403,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     // An admin token narrowed to one cache loses the server-wide right.
     let narrowed = auth::attenuate(
         &s.admin_token,
@@ -149,16 +166,28 @@ fn revoking_needs_admin_on_every_cache() {
     )
     .unwrap();
     let r = post(&url, &narrowed, serde_json::json!({ "token": victim }));
-    assert!(r.status == 401 || r.status == 403, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 401 || r.status == 403,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     assert_eq!(get(&info_url(&s, "a"), Some(&victim)).status, 200);
-    let r = post(&url, &s.admin_token, serde_json::json!({"revocation_id": "zz"}));
+    let r = post(
+        &url,
+        &s.admin_token,
+        serde_json::json!({"revocation_id": "zz"}),
+    );
     assert_eq!(r.status, 400, "{}", r.text());
 }
 
 #[test]
 fn a_token_for_one_cache_cannot_tell_whether_another_exists() {
     let s = setup();
-    let token_a = s.mint(&[(Operation::Pull, "a"), (Operation::Push, "a")], Duration::from_secs(3600));
+    let token_a = s.mint(
+        &[(Operation::Pull, "a"), (Operation::Push, "a")],
+        Duration::from_secs(3600),
+    );
     let attenuated = auth::attenuate(
         &s.admin_token,
         &Attenuation {
@@ -172,11 +201,20 @@ fn a_token_for_one_cache_cannot_tell_whether_another_exists() {
             let existing = get(&format!("{}/b/{path}", s.url), Some(token));
             let missing = get(&format!("{}/nonexistent/{path}", s.url), Some(token));
             assert_eq!(existing.status, 401, "{}", existing.text());
-            assert_eq!((existing.status, existing.body.clone()), (missing.status, missing.body.clone()));
+            assert_eq!(
+                (existing.status, existing.body.clone()),
+                (missing.status, missing.body.clone())
+            );
         }
         let existing = get(&format!("{}/_api/v1/caches/b", s.url), Some(token));
-        let missing = get(&format!("{}/_api/v1/caches/nonexistent", s.url), Some(token));
-        assert_eq!((existing.status, existing.body.clone()), (missing.status, missing.body));
+        let missing = get(
+            &format!("{}/_api/v1/caches/nonexistent", s.url),
+            Some(token),
+        );
+        assert_eq!(
+            (existing.status, existing.body.clone()),
+            (missing.status, missing.body)
+        );
         assert_eq!(existing.status, 401);
     }
     // 403 only where the token has some right on the cache.
@@ -199,7 +237,9 @@ fn a_public_cache_serves_despite_a_bad_token_and_says_why() {
     );
     let r = get(&info_url(&s, "pub"), Some(&expired));
     assert_eq!(r.status, 200, "{}", r.text());
-    let why = r.header("x-ferry-token-ignored").expect("header naming why");
+    let why = r
+        .header("x-ferry-token-ignored")
+        .expect("header naming why");
     assert!(why.contains("expired"), "{why}");
     let r = get(&info_url(&s, "pub"), None);
     assert_eq!(r.status, 200);

@@ -80,7 +80,10 @@ pub fn attenuate(token: &str, a: &Attenuation) -> Result<String, AuthError> {
             params.insert(format!("p{i}"), string(&glob_to_regex(p)));
             alternatives.push(format!("$c.matches({{p{i}}})"));
         }
-        code.push_str(&format!("check all cache($c), {};\n", alternatives.join(" || ")));
+        code.push_str(&format!(
+            "check all cache($c), {};\n",
+            alternatives.join(" || ")
+        ));
     }
     if let Some(t) = a.expires_at {
         if t < UNIX_EPOCH {

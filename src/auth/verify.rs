@@ -178,7 +178,12 @@ impl Authorizer {
             }
         };
         let revoked = Arc::clone(&lock(&self.revoked));
-        if verified.info.revocation_ids.iter().any(|r| revoked.contains(r)) {
+        if verified
+            .info
+            .revocation_ids
+            .iter()
+            .any(|r| revoked.contains(r))
+        {
             return Err(AuthError::Revoked);
         }
         Ok(verified)
@@ -251,7 +256,9 @@ impl Authorizer {
             Err(Token::FailedLogic(Logic::Unauthorized { checks, policy })) => {
                 Ok(Some((checks, matches!(policy, MatchedPolicy::Allow(_)))))
             }
-            Err(Token::FailedLogic(Logic::NoMatchingPolicy { checks })) => Ok(Some((checks, false))),
+            Err(Token::FailedLogic(Logic::NoMatchingPolicy { checks })) => {
+                Ok(Some((checks, false)))
+            }
             Err(Token::FailedLogic(Logic::InvalidBlockRule(..))) => Err(AuthError::Malformed(
                 "one of its blocks has an invalid rule".into(),
             )),

@@ -85,4 +85,3 @@ pub fn main() -> ExitCode {
         }
     }
 }
-

@@ -102,4 +102,3 @@ fn print_first_start(cfg: &Config, addr: SocketAddr, token: &str) {
          \n    ferry token mint --data-dir {dir} --sub laptop --validity 1y --pull main --push main\n"
     );
 }
-

@@ -90,7 +90,6 @@ pub struct MintArgs {
     admin: Vec<String>,
 }
 
-
 /// Runs a token subcommand.
 pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
@@ -125,7 +124,9 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
         rights.extend(pats.iter().map(|p| (op, p.clone())));
     }
     if rights.is_empty() {
-        anyhow::bail!("the token would grant nothing: give at least one of --pull, --push, --create-cache, …");
+        anyhow::bail!(
+            "the token would grant nothing: give at least one of --pull, --push, --create-cache, …"
+        );
     }
     let spec = TokenSpec {
         subject: args.sub,
@@ -182,11 +183,18 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let dir = DataDir::new(&cfg.data_dir);
     let ids = auth::revocation_ids(&args.token)?;
     let mut blocks = auth::block_sources(&args.token)?;
-    let authority = if blocks.is_empty() { String::new() } else { blocks.remove(0) };
+    let authority = if blocks.is_empty() {
+        String::new()
+    } else {
+        blocks.remove(0)
+    };
     if dir.root_key().exists() {
         let (root, _) = service::root_key(&dir)?;
         let info = auth::Authorizer::new(root.public()).inspect(&args.token)?;
-        println!("signature: valid (checked with {})", dir.root_key().display());
+        println!(
+            "signature: valid (checked with {})",
+            dir.root_key().display()
+        );
         println!("subject:   {}", info.subject);
         println!("expires:   {}", fmt_time(info.expires_at));
         println!("rights granted by the issuer:");
@@ -214,7 +222,9 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("revocation ids (revoking an id revokes the token that ends with it and all tokens made from it):");
+    println!(
+        "revocation ids (revoking an id revokes the token that ends with it and all tokens made from it):"
+    );
     for id in ids {
         println!("  {id}");
     }

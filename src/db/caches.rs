@@ -108,17 +108,29 @@ pub struct CacheChanges {
 /// Applies `changes` to the cache with row id `id`.
 pub fn update(conn: &Connection, id: i64, changes: &CacheChanges) -> Result<()> {
     if let Some(p) = changes.public {
-        conn.execute("UPDATE caches SET public = ?2 WHERE id = ?1", params![id, p])?;
+        conn.execute(
+            "UPDATE caches SET public = ?2 WHERE id = ?1",
+            params![id, p],
+        )?;
     }
     if let Some(p) = changes.priority {
-        conn.execute("UPDATE caches SET priority = ?2 WHERE id = ?1", params![id, p])?;
+        conn.execute(
+            "UPDATE caches SET priority = ?2 WHERE id = ?1",
+            params![id, p],
+        )?;
     }
     if let Some(r) = changes.retention_secs {
-        conn.execute("UPDATE caches SET retention_secs = ?2 WHERE id = ?1", params![id, r])?;
+        conn.execute(
+            "UPDATE caches SET retention_secs = ?2 WHERE id = ?1",
+            params![id, r],
+        )?;
     }
     if let Some(k) = &changes.upstream_keys {
         let json = serde_json::to_string(k).map_err(Error::internal)?;
-        conn.execute("UPDATE caches SET upstream_keys = ?2 WHERE id = ?1", params![id, json])?;
+        conn.execute(
+            "UPDATE caches SET upstream_keys = ?2 WHERE id = ?1",
+            params![id, json],
+        )?;
     }
     Ok(())
 }

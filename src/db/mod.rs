@@ -27,7 +27,10 @@ use crate::error::{Error, Result};
 /// The schema files, in order. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../schema/0001_init.sql")),
-    ("0002_revocations", include_str!("../../schema/0002_revocations.sql")),
+    (
+        "0002_revocations",
+        include_str!("../../schema/0002_revocations.sql"),
+    ),
     ("0003_tus", include_str!("../../schema/0003_tus.sql")),
 ];
 

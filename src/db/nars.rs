@@ -56,8 +56,9 @@ fn nar_from_row(r: &Row<'_>) -> rusqlite::Result<NarRow> {
 
 /// The NAR with this NarHash, if stored.
 pub fn find_by_nar_hash(conn: &Connection, nar_hash: &str) -> Result<Option<NarRow>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {NAR_COLUMNS} FROM nars WHERE nar_hash = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {NAR_COLUMNS} FROM nars WHERE nar_hash = ?1"
+    ))?;
     Ok(stmt.query_row([nar_hash], nar_from_row).optional()?)
 }
 
@@ -81,8 +82,9 @@ pub fn insert(conn: &Connection, nar: &NewNar) -> Result<(NarRow, bool)> {
         ],
     )?;
     let id = conn.last_insert_rowid();
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for (seq, c) in nar.chunks.iter().enumerate() {
         stmt.execute(params![id, seq as i64, c.blob, c.size as i64])?;
     }

@@ -25,7 +25,9 @@ pub fn all(conn: &Connection) -> Result<HashSet<String>> {
 /// A cheap fingerprint of the table, to notice changes made by another
 /// process (`ferry token revoke` against the data dir).
 pub fn generation(conn: &Connection) -> Result<(i64, i64)> {
-    Ok(conn.query_row("SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM revoked_ids", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?)
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM revoked_ids",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }

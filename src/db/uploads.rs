@@ -154,8 +154,9 @@ pub fn expired(conn: &Connection, now: i64) -> Result<Vec<String>> {
 
 /// The parts of an upload, by number.
 pub fn parts(conn: &Connection, id: &str) -> Result<Vec<PartRow>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT n, size, blake3 FROM upload_parts WHERE upload_id = ?1 ORDER BY n")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT n, size, blake3 FROM upload_parts WHERE upload_id = ?1 ORDER BY n",
+    )?;
     let rows = stmt.query_map([id], |r| {
         Ok(PartRow {
             n: r.get::<_, i64>(0)? as u32,

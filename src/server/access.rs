@@ -5,8 +5,8 @@
 //! allowed from public caches. A token with no right on a cache gets the
 //! same 401 whether the cache exists or not, so names cannot be probed.
 
-use actix_web::{HttpMessage, HttpRequest};
 use actix_web::http::header;
+use actix_web::{HttpMessage, HttpRequest};
 use base64::Engine as _;
 
 use super::AppState;
@@ -21,14 +21,21 @@ pub struct TokenIgnored(pub String);
 
 /// The token a request carries, if any.
 pub fn token_of(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(rest.to_owned());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_, password) = text.split_once(':')?;
         return Some(password.to_owned());
@@ -68,7 +75,12 @@ pub fn auth_error(e: AuthError) -> Error {
 }
 
 /// The cache `name`, if the request may do `op` on it.
-pub async fn cache(state: &AppState, req: &HttpRequest, name: &str, op: Operation) -> Result<CacheRow> {
+pub async fn cache(
+    state: &AppState,
+    req: &HttpRequest,
+    name: &str,
+    op: Operation,
+) -> Result<CacheRow> {
     check_cache_name(name)?;
     let cache = state.caches.get(name).await?;
     if let Some(c) = cache.as_ref().filter(|c| op == Operation::Pull && c.public) {

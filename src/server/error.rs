@@ -41,7 +41,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         // tus's own code for a checksum mismatch.
         Error::TusChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
         Error::TusFinalPatch => StatusCode::FORBIDDEN,
-        Error::TusLengthExceeded { .. } | Error::TusTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::TusLengthExceeded { .. } | Error::TusTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         Error::TusVersion => StatusCode::PRECONDITION_FAILED,
         Error::TusContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Auth(a) => match a {

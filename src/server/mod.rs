@@ -7,6 +7,7 @@
 pub mod access;
 pub mod error;
 mod handlers;
+pub mod metrics;
 pub(crate) mod stream;
 
 use std::future::Future;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub access: Arc<crate::gc::AccessLog>,
     /// Settings that shape answers.
     pub settings: Settings,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Server settings taken from the config.
@@ -62,13 +65,20 @@ pub struct TusSettings {
 /// The route table, also used by in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
-    cfg.app_data(web::JsonConfig::default().limit(16 << 20).content_type_required(false).error_handler(|e, _| {
-        Error::BadRequest(format!("the JSON body is invalid: {e}")).into()
-    }))
-    .app_data(web::PathConfig::default().error_handler(|e, _| {
-        Error::BadRequest(format!("the URL is invalid: {e}")).into()
-    }))
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(16 << 20)
+            .content_type_required(false)
+            .error_handler(|e, _| {
+                Error::BadRequest(format!("the JSON body is invalid: {e}")).into()
+            }),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| Error::BadRequest(format!("the URL is invalid: {e}")).into()),
+    )
     .route("/healthz", web::get().to(health::healthz))
+    .route("/metrics", web::get().to(metrics::render))
     .service(
         web::scope("/_api/v1")
             .service(
@@ -87,7 +97,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/caches/{cache}", web::get().to(caches::info))
             .route("/caches/{cache}", web::patch().to(caches::configure))
             .route("/caches/{cache}", web::delete().to(caches::destroy))
-            .route("/caches/{cache}/paths/{hash}", web::delete().to(caches::delete_path))
+            .route(
+                "/caches/{cache}/paths/{hash}",
+                web::delete().to(caches::delete_path),
+            )
             .route("/tokens/revoke", web::post().to(tokens::revoke))
             .route("/caches/{cache}/missing", web::post().to(uploads::missing))
             .route("/caches/{cache}/uploads", web::post().to(uploads::create))
@@ -117,7 +130,8 @@ fn host_refused(req: &actix_web::dev::ServiceRequest) -> Option<Error> {
     }
     let host = req.connection_info().host().to_owned();
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
-    (!allowed.iter().any(|a| a == name || a == &host)).then(|| Error::HostNotAllowed(name.to_owned()))
+    (!allowed.iter().any(|a| a == name || a == &host))
+        .then(|| Error::HostNotAllowed(name.to_owned()))
 }
 
 /// Serves until `shutdown` resolves, on an already bound listener (so tests
@@ -138,15 +152,41 @@ pub async fn run(
                     return Box::pin(async move { Ok(req.into_response(refused.error_response())) })
                         as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>;
                 }
+                let bytes_in = req
+                    .headers()
+                    .get(actix_web::http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
                 let fut = srv.call(req);
                 Box::pin(async move {
                     let mut res = fut.await?;
-                    let ignored = res.request().extensions().get::<access::TokenIgnored>().cloned();
+                    if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+                        use actix_web::body::{BodySize, MessageBody};
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
+                        let out = match res.response().body().size() {
+                            BodySize::Sized(n) => n,
+                            _ => 0,
+                        };
+                        state
+                            .metrics
+                            .request(&route, res.status().as_u16(), bytes_in, out);
+                    }
+                    let ignored = res
+                        .request()
+                        .extensions()
+                        .get::<access::TokenIgnored>()
+                        .cloned();
                     if let Some(access::TokenIgnored(why)) = ignored
                         && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&why)
                     {
                         res.headers_mut().insert(
-                            actix_web::http::header::HeaderName::from_static(crate::api::TOKEN_IGNORED),
+                            actix_web::http::header::HeaderName::from_static(
+                                crate::api::TOKEN_IGNORED,
+                            ),
                             v,
                         );
                     }

@@ -36,7 +36,9 @@ pub fn from_reader(
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// An empty body for `HEAD` answers: the response's `Content-Length` is

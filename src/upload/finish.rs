@@ -13,10 +13,10 @@ use rusqlite::Transaction;
 
 use super::verifier::{Compression, Verdict, Verifier};
 use super::{Completion, Engine};
+use crate::db::Db;
 use crate::db::caches::{self, CacheRow};
 use crate::db::nars::{self, Chunk, NarRow, NewNar};
 use crate::db::uploads::{self, PartRow, UploadMeta, UploadRow, UploadState};
-use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::nar::{NarInfo, Sha256Hash, SigningKey, StorePath};
 
@@ -42,9 +42,11 @@ impl Engine {
             let compression = Compression::parse(&row.compression).unwrap_or(Compression::Zstd);
             let out = self.dir_of(id).join("nar.zst");
             let level = self.cfg.zstd_level;
-            tokio::task::spawn_blocking(move || Verifier::new(compression, row.nar_size, &out, level))
-                .await
-                .map_err(Error::internal)??
+            tokio::task::spawn_blocking(move || {
+                Verifier::new(compression, row.nar_size, &out, level)
+            })
+            .await
+            .map_err(Error::internal)??
         } else {
             match s.verifier.take() {
                 Some(v) => v,
@@ -105,7 +107,11 @@ impl Engine {
     pub async fn complete(self: &Arc<Self>, id: &str, total: u32) -> Result<Completion> {
         let row = self.get(id).await?;
         match row.state {
-            UploadState::Committed => return Ok(Completion::Committed { narinfo_url: self.narinfo_url(&row).await? }),
+            UploadState::Committed => {
+                return Ok(Completion::Committed {
+                    narinfo_url: self.narinfo_url(&row).await?,
+                });
+            }
             UploadState::Failed => return Err(Error::UploadFailed(row.error.unwrap_or_default())),
             UploadState::Open | UploadState::Verifying => {}
         }
@@ -114,7 +120,9 @@ impl Engine {
         }
         let key = id.to_owned();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
-        let missing: Vec<u32> = (1..=total).filter(|n| !parts.iter().any(|p| p.n == *n)).collect();
+        let missing: Vec<u32> = (1..=total)
+            .filter(|n| !parts.iter().any(|p| p.n == *n))
+            .collect();
         if !missing.is_empty() {
             return Err(Error::MissingParts { missing });
         }
@@ -148,17 +156,30 @@ impl Engine {
         }
         let row = self.get(id).await?;
         match row.state {
-            UploadState::Committed => Ok(Completion::Committed { narinfo_url: self.narinfo_url(&row).await? }),
+            UploadState::Committed => Ok(Completion::Committed {
+                narinfo_url: self.narinfo_url(&row).await?,
+            }),
             UploadState::Failed => Err(Error::UploadFailed(row.error.unwrap_or_default())),
-            UploadState::Open | UploadState::Verifying => Err(Error::internal("upload finished in no final state")),
+            UploadState::Open | UploadState::Verifying => {
+                Err(Error::internal("upload finished in no final state"))
+            }
         }
     }
 
     async fn narinfo_url(&self, row: &UploadRow) -> Result<String> {
         let cache_id = row.cache_id;
-        let cache = self.db.call(move |c| caches::get_by_id(c, cache_id)).await?;
+        let cache = self
+            .db
+            .call(move |c| caches::get_by_id(c, cache_id))
+            .await?;
         let name = cache.map(|c| c.name).unwrap_or_default();
-        let hash = row.store_path.rsplit('/').next().unwrap_or("").get(..32).unwrap_or("");
+        let hash = row
+            .store_path
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .get(..32)
+            .unwrap_or("");
         Ok(format!("/{name}/{hash}.narinfo"))
     }
 
@@ -177,7 +198,9 @@ impl Engine {
                 let body = e.to_json();
                 let key = id.to_owned();
                 self.db
-                    .call(move |c| uploads::set_state(c, &key, UploadState::Failed, None, Some(&body)))
+                    .call(move |c| {
+                        uploads::set_state(c, &key, UploadState::Failed, None, Some(&body))
+                    })
                     .await?;
                 self.slots.lock().map_err(Error::internal)?.remove(id);
                 let dir = self.dir_of(id);
@@ -196,9 +219,15 @@ impl Engine {
         if let Some(e) = s.failed.take() {
             return Err(e);
         }
-        let v = s.verifier.take().ok_or_else(|| Error::internal("verifier missing"))?;
+        let v = s
+            .verifier
+            .take()
+            .ok_or_else(|| Error::internal("verifier missing"))?;
         if v.next != total + 1 {
-            return Err(Error::internal(format!("verifier at part {} of {total}", v.next)));
+            return Err(Error::internal(format!(
+                "verifier at part {} of {total}",
+                v.next
+            )));
         }
         tokio::task::spawn_blocking(move || v.finish())
             .await
@@ -214,7 +243,10 @@ impl Engine {
         let (chunks, file_hash, file_size) = tokio::task::spawn_blocking(move || -> Result<_> {
             if let Some(c) = verdict.compressed {
                 store.adopt(&c.blake3, &c.path)?;
-                let chunk = Chunk { blob: c.blake3, size: c.size };
+                let chunk = Chunk {
+                    blob: c.blake3,
+                    size: c.size,
+                };
                 return Ok((vec![chunk], c.sha256, c.size));
             }
             let mut chunks = vec![];
@@ -227,7 +259,10 @@ impl Engine {
                 } else if !store.exists(&p.blake3)? {
                     return Err(Error::internal(format!("part {} vanished", p.n)));
                 }
-                chunks.push(Chunk { blob: p.blake3.clone(), size: p.size });
+                chunks.push(Chunk {
+                    blob: p.blake3.clone(),
+                    size: p.size,
+                });
             }
             Ok((chunks, verdict.upload_hash, verdict.upload_size))
         })
@@ -264,21 +299,33 @@ impl Engine {
 /// Compares the verdict with what the client declared.
 fn judge(row: &UploadRow, v: Verdict) -> Result<Verdict> {
     if v.nar_size != row.nar_size {
-        return Err(Error::NarSizeMismatch { expected: row.nar_size, actual: v.nar_size });
+        return Err(Error::NarSizeMismatch {
+            expected: row.nar_size,
+            actual: v.nar_size,
+        });
     }
     let actual = v.nar_hash.to_string();
     if actual != row.nar_hash {
-        return Err(Error::NarHashMismatch { expected: row.nar_hash.clone(), actual });
+        return Err(Error::NarHashMismatch {
+            expected: row.nar_hash.clone(),
+            actual,
+        });
     }
     if let Some(size) = row.meta.file_size
         && size != v.upload_size
     {
-        return Err(Error::FileSizeMismatch { expected: size, actual: v.upload_size });
+        return Err(Error::FileSizeMismatch {
+            expected: size,
+            actual: v.upload_size,
+        });
     }
     if let Some(hash) = &row.meta.file_hash {
         let expected = Sha256Hash::parse(hash)?;
         if expected != v.upload_hash {
-            return Err(Error::FileHashMismatch { expected: expected.to_string(), actual: v.upload_hash.to_string() });
+            return Err(Error::FileHashMismatch {
+                expected: expected.to_string(),
+                actual: v.upload_hash.to_string(),
+            });
         }
     }
     Ok(v)
@@ -286,7 +333,12 @@ fn judge(row: &UploadRow, v: Verdict) -> Result<Verdict> {
 
 /// Renders the narinfo of `path` in `cache` for `nar` and signs it with the
 /// cache's key.
-pub fn render_narinfo(cache: &CacheRow, path: &StorePath, meta: &UploadMeta, nar: &NarRow) -> Result<String> {
+pub fn render_narinfo(
+    cache: &CacheRow,
+    path: &StorePath,
+    meta: &UploadMeta,
+    nar: &NarRow,
+) -> Result<String> {
     let key = SigningKey::parse(&cache.signing_key)?;
     let mut references = meta
         .references
@@ -327,13 +379,33 @@ pub fn render_narinfo(cache: &CacheRow, path: &StorePath, meta: &UploadMeta, nar
 }
 
 /// Writes the path row for a verified NAR (inside the caller's transaction).
-fn publish_path(tx: &Transaction<'_>, cache: &CacheRow, path: &StorePath, meta: &UploadMeta, nar: &NarRow) -> Result<()> {
+fn publish_path(
+    tx: &Transaction<'_>,
+    cache: &CacheRow,
+    path: &StorePath,
+    meta: &UploadMeta,
+    nar: &NarRow,
+) -> Result<()> {
     let narinfo = render_narinfo(cache, path, meta, nar)?;
-    nars::upsert_path(tx, cache.id, path.hash_part(), &path.to_absolute(), nar.id, &narinfo)
+    nars::upsert_path(
+        tx,
+        cache.id,
+        path.hash_part(),
+        &path.to_absolute(),
+        nar.id,
+        &narinfo,
+    )
 }
 
 /// Publishes a path for a NAR that is already stored (dedup by NarHash).
-pub async fn link(db: &Db, cache: &CacheRow, path: &StorePath, meta: &UploadMeta, nar: NarRow) -> Result<()> {
+pub async fn link(
+    db: &Db,
+    cache: &CacheRow,
+    path: &StorePath,
+    meta: &UploadMeta,
+    nar: NarRow,
+) -> Result<()> {
     let (cache, path, meta) = (cache.clone(), path.clone(), meta.clone());
-    db.write(move |tx| publish_path(tx, &cache, &path, &meta, &nar)).await
+    db.write(move |tx| publish_path(tx, &cache, &path, &meta, &nar))
+        .await
 }

@@ -87,7 +87,9 @@ pub enum Created {
 /// The answer to [`Engine::complete`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Completion {
-    Committed { narinfo_url: String },
+    Committed {
+        narinfo_url: String,
+    },
     /// Still verifying: poll the upload's state.
     Verifying,
 }
@@ -135,7 +137,12 @@ pub struct Engine {
 
 impl Engine {
     /// An engine storing parts under `uploads_dir`.
-    pub fn new(db: Db, store: SharedStore, uploads_dir: PathBuf, cfg: EngineConfig) -> Result<Arc<Engine>> {
+    pub fn new(
+        db: Db,
+        store: SharedStore,
+        uploads_dir: PathBuf,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(&uploads_dir)?;
         Ok(Arc::new(Engine {
             db,
@@ -254,7 +261,9 @@ impl Engine {
         for bucket in buckets {
             let row = self.get(bucket).await?;
             if row.compression != BUCKET || row.cache_id != target.cache_id {
-                return Err(Error::BadRequest(format!("upload {bucket} is not a partial upload of this cache")));
+                return Err(Error::BadRequest(format!(
+                    "upload {bucket} is not a partial upload of this cache"
+                )));
             }
             let key = bucket.clone();
             let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
@@ -265,7 +274,9 @@ impl Engine {
                     .await
                     .map_err(Error::internal)??;
                 let (key, part) = (id.to_owned(), PartRow { n: next, ..p });
-                self.db.call(move |c| uploads::upsert_part(c, &key, &part)).await?;
+                self.db
+                    .call(move |c| uploads::upsert_part(c, &key, &part))
+                    .await?;
                 let slot = self.slot_or_load(id).await?;
                 slot.lock().await.present.insert(next);
                 next += 1;
@@ -456,7 +467,9 @@ fn check_meta(meta: &UploadMeta) -> Result<()> {
             !name.is_empty()
                 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
                 && !b64.is_empty()
-                && b64.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                && b64
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
         });
         if !ok {
             return Err(Error::BadRequest(format!(
@@ -467,7 +480,9 @@ fn check_meta(meta: &UploadMeta) -> Result<()> {
     if let Some(ca) = &meta.ca
         && (ca.is_empty() || ca.bytes().any(|b| b.is_ascii_control()))
     {
-        return Err(Error::BadRequest(format!("ca {ca:?} is not a valid content address")));
+        return Err(Error::BadRequest(format!(
+            "ca {ca:?} is not a valid content address"
+        )));
     }
     Ok(())
 }

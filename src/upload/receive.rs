@@ -155,7 +155,9 @@ where
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                broke = Some(Error::BadRequest(format!("the request body broke off: {e}")));
+                broke = Some(Error::BadRequest(format!(
+                    "the request body broke off: {e}"
+                )));
                 break;
             }
         };
@@ -317,7 +319,12 @@ impl Engine {
     }
 
     /// Moves a received file into place as a part and records it.
-    async fn record_part(self: &Arc<Self>, id: &str, file: PathBuf, part: PartRow) -> Result<PartRow> {
+    async fn record_part(
+        self: &Arc<Self>,
+        id: &str,
+        file: PathBuf,
+        part: PartRow,
+    ) -> Result<PartRow> {
         let key = id.to_owned();
         let n = part.n;
         let existing = self
@@ -337,7 +344,9 @@ impl Engine {
         .await
         .map_err(Error::internal)??;
         let (key, p) = (id.to_owned(), part.clone());
-        self.db.call(move |c| uploads::upsert_part(c, &key, &p)).await?;
+        self.db
+            .call(move |c| uploads::upsert_part(c, &key, &p))
+            .await?;
         let slot = self.slot_or_load(id).await?;
         {
             let mut s = slot.lock().await;
@@ -378,9 +387,14 @@ impl Engine {
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
             && !name.starts_with('.');
         if !ok {
-            return Err(Error::BadRequest(format!("{name:?} is not a NAR file name")));
+            return Err(Error::BadRequest(format!(
+                "{name:?} is not a NAR file name"
+            )));
         }
-        Ok(self.uploads_dir.join("staged").join(format!("{cache_id}-{name}")))
+        Ok(self
+            .uploads_dir
+            .join("staged")
+            .join(format!("{cache_id}-{name}")))
     }
 
     /// Nix's door, first half: a whole NAR file `PUT` before its narinfo.

@@ -71,9 +71,12 @@ pub fn parse_metadata(header: &str) -> Result<HashMap<String, String>> {
         };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(value)
-            .map_err(|_| Error::BadRequest(format!("Upload-Metadata value of {key:?} is not base64")))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::BadRequest(format!("Upload-Metadata value of {key:?} is not UTF-8")))?;
+            .map_err(|_| {
+                Error::BadRequest(format!("Upload-Metadata value of {key:?} is not base64"))
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::BadRequest(format!("Upload-Metadata value of {key:?} is not UTF-8"))
+        })?;
         out.insert(key.to_owned(), text);
     }
     Ok(out)
@@ -103,7 +106,9 @@ fn new_upload(cache: &CacheRow, metadata: &str) -> Result<NewUpload> {
     let compression = match m.get("compression").map(|c| c.as_str()) {
         None => Compression::None,
         Some(c) => Compression::parse(c).ok_or_else(|| {
-            Error::BadRequest(format!("compression {c:?} is not supported: use \"none\" or \"zstd\""))
+            Error::BadRequest(format!(
+                "compression {c:?} is not supported: use \"none\" or \"zstd\""
+            ))
         })?,
     };
     Ok(NewUpload {
@@ -131,7 +136,9 @@ impl Engine {
         req: TusCreate,
     ) -> Result<(TusInfo, Option<Completion>)> {
         if req.length == Some(0) {
-            return Err(Error::BadRequest("Upload-Length must be greater than 0".into()));
+            return Err(Error::BadRequest(
+                "Upload-Length must be greater than 0".into(),
+            ));
         }
         let (id, kind, length, concat) = match &req.concat {
             Concat::None => {
@@ -148,7 +155,8 @@ impl Engine {
                 let mut total = 0;
                 for p in partials {
                     let info = self.tus_info(p).await?;
-                    let complete = info.kind == TusKind::Partial && info.length == Some(info.offset);
+                    let complete =
+                        info.kind == TusKind::Partial && info.length == Some(info.offset);
                     if !complete {
                         return Err(Error::BadRequest(format!(
                             "partial upload {p} is not a finished partial upload: finish it before concatenating"

@@ -151,7 +151,10 @@ impl ServerProcess {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("ferry serve exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "ferry serve did not become healthy");
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve did not become healthy"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let admin_token = rx.recv_timeout(Duration::from_millis(500)).ok().flatten();

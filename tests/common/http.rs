@@ -34,15 +34,23 @@ impl HttpResponse {
     /// First header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let n = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// Body as JSON; panics with the body when it is not JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {} body is not JSON ({e}): {}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
     }
 }
 
@@ -60,7 +68,12 @@ pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> Ht
     } else {
         c.arg("-X").arg(method);
     }
-    c.arg("-D").arg(&hfile).arg("-o").arg(&bfile).arg("-w").arg("%{http_code}");
+    c.arg("-D")
+        .arg(&hfile)
+        .arg("-o")
+        .arg(&bfile)
+        .arg("-w")
+        .arg("%{http_code}");
     for h in headers {
         c.arg("-H").arg(h);
     }
@@ -77,7 +90,10 @@ pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> Ht
     }
     c.arg(url);
     let out = run_ok(&mut c);
-    let status: u16 = String::from_utf8_lossy(&out).trim().parse().expect("curl %{http_code}");
+    let status: u16 = String::from_utf8_lossy(&out)
+        .trim()
+        .parse()
+        .expect("curl %{http_code}");
     let raw = std::fs::read_to_string(&hfile).unwrap_or_default();
     let mut headers = Vec::new();
     for line in raw.lines() {
@@ -89,5 +105,9 @@ pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> Ht
         }
     }
     let body = std::fs::read(&bfile).unwrap_or_default();
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }

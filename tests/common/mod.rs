@@ -29,18 +29,17 @@ pub mod nix;
 pub mod tools;
 pub mod upstream;
 
-pub use self::ferry::{mint_in, InProcess, ServerProcess};
+pub use self::ferry::{InProcess, ServerProcess, mint_in};
 pub use fs::compare_trees;
-pub use http::{curl, http_request, Body, HttpResponse};
+pub use http::{Body, HttpResponse, curl, http_request};
 pub use nginx::{
-    nginx_max_request_length, start_nginx, start_nginx_static, start_nginx_static_auth,
-    start_nginx_with, LogEntry, Nginx, NginxOptions,
+    LogEntry, Nginx, NginxOptions, nginx_max_request_length, start_nginx, start_nginx_static,
+    start_nginx_static_auth, start_nginx_with,
 };
 pub use nix::{
-    build_closure, dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32,
-    nix_sign, path_info, path_info_in, try_nix_copy_from, write_netrc, BlobKind, BlobSpec,
-    BuiltClosure, CacheKey, ClosureSpec,
-    FreshStore, PathInfo,
+    BlobKind, BlobSpec, BuiltClosure, CacheKey, ClosureSpec, FreshStore, PathInfo, build_closure,
+    dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32, nix_sign,
+    path_info, path_info_in, try_nix_copy_from, write_netrc,
 };
-pub use tools::{free_port, require_tool, run_ok, unique_salt, CmdFailure};
-pub use upstream::{start_sink_upstream, SinkUpstream};
+pub use tools::{CmdFailure, free_port, require_tool, run_ok, unique_salt};
+pub use upstream::{SinkUpstream, start_sink_upstream};

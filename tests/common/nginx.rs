@@ -70,13 +70,24 @@ impl LogEntry {
         let mut r = req.split(' ');
         let method = r.next().unwrap_or("").to_string();
         let uri = r.next().unwrap_or("").to_string();
-        Some(LogEntry { status, request_length, bytes_sent, request_time, method, uri })
+        Some(LogEntry {
+            status,
+            request_length,
+            bytes_sent,
+            request_time,
+            method,
+            uri,
+        })
     }
 }
 
 /// The largest `$request_length` in the access log so far (0 when empty).
 pub fn nginx_max_request_length(n: &Nginx) -> u64 {
-    n.log_entries().iter().map(|e| e.request_length).max().unwrap_or(0)
+    n.log_entries()
+        .iter()
+        .map(|e| e.request_length)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Options for the reverse-proxy mode.
@@ -92,7 +103,10 @@ pub struct NginxOptions {
 
 impl Default for NginxOptions {
     fn default() -> Self {
-        NginxOptions { max_body: 100_000_000, read_timeout_secs: 300 }
+        NginxOptions {
+            max_body: 100_000_000,
+            read_timeout_secs: 300,
+        }
     }
 }
 
@@ -201,7 +215,10 @@ fn launch(server_body: &str) -> Nginx {
                 return n;
             }
             if Instant::now() > deadline {
-                panic!("nginx did not listen on {port} within 10 s: {}", n.error_log_text());
+                panic!(
+                    "nginx did not listen on {port} within 10 s: {}",
+                    n.error_log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

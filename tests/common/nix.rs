@@ -24,7 +24,7 @@
 //!   on `nix-cache-info` as "not a binary cache" (it then even tries to PUT
 //!   `nix-cache-info`).
 
-use super::tools::{describe, require_tool, run, run_ok, unique_salt, CmdFailure};
+use super::tools::{CmdFailure, describe, require_tool, run, run_ok, unique_salt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -93,18 +93,30 @@ impl ClosureSpec {
     /// unique salt.
     pub fn new(name: &str) -> Self {
         check_name(name);
-        ClosureSpec { name: name.to_string(), blobs: Vec::new(), salt: unique_salt() }
+        ClosureSpec {
+            name: name.to_string(),
+            blobs: Vec::new(),
+            salt: unique_salt(),
+        }
     }
     /// Add a leaf of `size` incompressible bytes.
     pub fn random(mut self, name: &str, size: u64) -> Self {
         check_name(name);
-        self.blobs.push(BlobSpec { name: name.into(), kind: BlobKind::Random, size });
+        self.blobs.push(BlobSpec {
+            name: name.into(),
+            kind: BlobKind::Random,
+            size,
+        });
         self
     }
     /// Add a leaf of `size` highly compressible bytes.
     pub fn compressible(mut self, name: &str, size: u64) -> Self {
         check_name(name);
-        self.blobs.push(BlobSpec { name: name.into(), kind: BlobKind::Compressible, size });
+        self.blobs.push(BlobSpec {
+            name: name.into(),
+            kind: BlobKind::Compressible,
+            size,
+        });
         self
     }
     /// Replace the salt (same spec + same salt = same store paths).
@@ -119,7 +131,9 @@ fn check_name(name: &str) {
     assert!(
         !name.is_empty()
             && !name.starts_with('.')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "+-._?=".contains(c)),
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-._?=".contains(c)),
         "invalid store path name {name:?}"
     );
 }
@@ -169,10 +183,24 @@ pub fn build_closure(spec: &ClosureSpec) -> BuiltClosure {
     }
     e.push_str(" ]\n");
 
-    let out = run_ok(nix_cmd("nix-build").arg("--no-out-link").arg("--quiet").arg("-E").arg(&e));
-    let lines: Vec<String> =
-        String::from_utf8(out).unwrap().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), spec.blobs.len() + 1, "unexpected nix-build output {lines:?}");
+    let out = run_ok(
+        nix_cmd("nix-build")
+            .arg("--no-out-link")
+            .arg("--quiet")
+            .arg("-E")
+            .arg(&e),
+    );
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        spec.blobs.len() + 1,
+        "unexpected nix-build output {lines:?}"
+    );
     let top = lines[0].clone();
     let blobs = lines[1..].to_vec();
     let mut paths = vec![top.clone()];
@@ -244,7 +272,8 @@ pub fn path_info_in(store: Option<&str>, paths: &[&str], recursive: bool) -> Vec
             };
             PathInfo {
                 path: s("path").expect("path"),
-                nar_hash: s("narHash").unwrap_or_else(|| panic!("no narHash (path not valid?) in {o}")),
+                nar_hash: s("narHash")
+                    .unwrap_or_else(|| panic!("no narHash (path not valid?) in {o}")),
                 nar_size: o.get("narSize").and_then(|x| x.as_u64()).expect("narSize"),
                 references: list("references"),
                 deriver: s("deriver"),
@@ -264,7 +293,10 @@ pub fn nix_hash_to_base32(hash: &str) -> String {
         c.args(["--type", "sha256"]);
     }
     c.arg(hash);
-    String::from_utf8(run_ok(&mut c)).unwrap().trim().to_string()
+    String::from_utf8(run_ok(&mut c))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// Write the NAR serialisation of `path` (local store) to `out`
@@ -274,8 +306,17 @@ pub fn dump_nar(path: &str, out: &Path) {
     let mut c = nix_cmd("nix-store");
     c.arg("--dump").arg(path).stdout(f);
     let command = describe(&c);
-    let o = c.stderr(std::process::Stdio::piped()).spawn().unwrap().wait_with_output().unwrap();
-    assert!(o.status.success(), "{command} failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = c
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{command} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A binary cache signing key pair in a temp dir.
@@ -292,21 +333,40 @@ pub fn generate_key(name: &str) -> CacheKey {
     let dir = tempfile::tempdir().unwrap();
     let sk = dir.path().join("secret");
     let pk = dir.path().join("public");
-    run_ok(nix_cmd("nix-store").arg("--generate-binary-cache-key").arg(name).arg(&sk).arg(&pk));
+    run_ok(
+        nix_cmd("nix-store")
+            .arg("--generate-binary-cache-key")
+            .arg(name)
+            .arg(&sk)
+            .arg(&pk),
+    );
     let public = std::fs::read_to_string(&pk).unwrap().trim().to_string();
-    CacheKey { dir, secret_file: sk, public }
+    CacheKey {
+        dir,
+        secret_file: sk,
+        public,
+    }
 }
 
 /// `nix store sign --recursive --key-file K PATHS` in the local store (adds
 /// the signature to the store DB, so later copies carry it).
 pub fn nix_sign(paths: &[&str], key: &CacheKey) {
-    run_ok(nix_cmd("nix").args(["store", "sign", "--recursive", "--key-file"]).arg(&key.secret_file).args(paths));
+    run_ok(
+        nix_cmd("nix")
+            .args(["store", "sign", "--recursive", "--key-file"])
+            .arg(&key.secret_file)
+            .args(paths),
+    );
 }
 
 /// `nix copy --to URL PATHS` from the local store (closure included), e.g.
 /// `file:///tmp/c?compression=zstd` or `http://HOST/cache?compression=zstd`;
 /// with a netrc when given. Returns the command result.
-pub fn nix_copy_to(url: &str, paths: &[&str], netrc: Option<&Path>) -> Result<std::process::Output, CmdFailure> {
+pub fn nix_copy_to(
+    url: &str,
+    paths: &[&str],
+    netrc: Option<&Path>,
+) -> Result<std::process::Output, CmdFailure> {
     let mut c = nix_cmd("nix");
     c.arg("copy").arg("--to").arg(url);
     if let Some(n) = netrc {
@@ -324,7 +384,9 @@ pub struct FreshStore {
 
 impl FreshStore {
     pub fn new() -> Self {
-        FreshStore { dir: tempfile::tempdir().unwrap() }
+        FreshStore {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     /// The store root, usable as `--store`/`--to` value.
     pub fn root(&self) -> &Path {
@@ -356,11 +418,27 @@ pub fn nix_copy_from(url: &str, pubkey: &str, netrc: Option<&Path>, path: &str) 
 
 /// [`nix_copy_from`] returning the failure (exit status and stderr) instead
 /// of panicking: for tests that expect Nix to refuse.
-pub fn try_nix_copy_from(url: &str, pubkey: &str, netrc: Option<&Path>, path: &str) -> Result<FreshStore, CmdFailure> {
+pub fn try_nix_copy_from(
+    url: &str,
+    pubkey: &str,
+    netrc: Option<&Path>,
+    path: &str,
+) -> Result<FreshStore, CmdFailure> {
     let store = FreshStore::new();
     let mut c = nix_cmd("nix");
-    c.arg("copy").arg("--from").arg(url).arg("--to").arg(store.root());
-    c.args(["--option", "require-sigs", "true", "--option", "trusted-public-keys", pubkey]);
+    c.arg("copy")
+        .arg("--from")
+        .arg(url)
+        .arg("--to")
+        .arg(store.root());
+    c.args([
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        pubkey,
+    ]);
     if let Some(n) = netrc {
         c.arg("--option").arg("netrc-file").arg(n);
     }

@@ -25,7 +25,9 @@ pub fn require_tool(name: &str) -> PathBuf {
             }
         }
     }
-    panic!("{name} is not installed: run .ci/run (it installs nix-bin, nginx-light, b3sum, zstd, curl)");
+    panic!(
+        "{name} is not installed: run .ci/run (it installs nix-bin, nginx-light, b3sum, zstd, curl)"
+    );
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read
@@ -41,7 +43,10 @@ pub fn free_port() -> u16 {
 pub fn unique_salt() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{}-{}-{}", std::process::id(), t, n)
 }
 

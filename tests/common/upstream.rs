@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The running sink. Its accept thread lives until the process ends.
 pub struct SinkUpstream {
@@ -40,7 +40,11 @@ pub fn start_sink_upstream() -> SinkUpstream {
             });
         }
     });
-    SinkUpstream { addr, max_body, requests }
+    SinkUpstream {
+        addr,
+        max_body,
+        requests,
+    }
 }
 
 fn serve(s: TcpStream, max: &AtomicU64, reqs: &AtomicU64) -> std::io::Result<()> {
@@ -75,22 +79,24 @@ fn serve(s: TcpStream, max: &AtomicU64, reqs: &AtomicU64) -> std::io::Result<()>
     }
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
-    let mut drain = |rd: &mut BufReader<TcpStream>, mut n: u64, total: &mut u64| -> std::io::Result<()> {
-        while n > 0 {
-            let k = rd.read(&mut buf[..n.min(1 << 16) as usize])?;
-            if k == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+    let mut drain =
+        |rd: &mut BufReader<TcpStream>, mut n: u64, total: &mut u64| -> std::io::Result<()> {
+            while n > 0 {
+                let k = rd.read(&mut buf[..n.min(1 << 16) as usize])?;
+                if k == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                n -= k as u64;
+                *total += k as u64;
             }
-            n -= k as u64;
-            *total += k as u64;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     if chunked {
         loop {
             line.clear();
             rd.read_line(&mut line)?;
-            let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let size =
+                u64::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
             if size == 0 {
                 // trailers until the empty line
                 loop {

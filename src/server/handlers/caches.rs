@@ -8,9 +8,9 @@ use crate::api::{CacheInfo, ConfigureCache, CreateCache};
 use crate::auth::{Operation, parse_duration};
 use crate::db::caches::{self, CacheChanges, CacheRow, NewCache};
 use crate::db::{nars, uploads};
-use crate::nar::store_path::validate_hash_part;
 use crate::error::{Error, Result};
 use crate::nar::SigningKey;
+use crate::nar::store_path::validate_hash_part;
 use crate::nar::store_path::validate_store_dir;
 use crate::server::{AppState, access};
 
@@ -103,7 +103,9 @@ pub async fn configure(
     let cache = access::cache(&state, &req, &path, Operation::ConfigureCache).await?;
     let body = body.into_inner();
     if let Some(keys) = &body.upstream_keys
-        && let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains(':') || k.contains(char::is_whitespace))
+        && let Some(bad) = keys
+            .iter()
+            .find(|k| k.is_empty() || k.contains(':') || k.contains(char::is_whitespace))
     {
         return Err(Error::BadRequest(format!(
             "upstream key name {bad:?} is invalid: give key names such as cache.nixos.org-1"
@@ -131,7 +133,11 @@ pub async fn configure(
 }
 
 /// `DELETE /caches/{cache}`: the cache, its paths and uploads (destroy-cache right).
-pub async fn destroy(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn destroy(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::DestroyCache).await?;
     let id = cache.id;
     for upload in state.db.call(move |c| uploads::ids_of_cache(c, id)).await? {
@@ -139,7 +145,10 @@ pub async fn destroy(state: web::Data<AppState>, req: HttpRequest, path: web::Pa
     }
     state.db.write(move |tx| caches::delete(tx, id)).await?;
     state.caches.forget(&cache.name);
-    Ok(json_no_store(StatusCode::OK, &serde_json::json!({"destroyed": cache.name})))
+    Ok(json_no_store(
+        StatusCode::OK,
+        &serde_json::json!({"destroyed": cache.name}),
+    ))
 }
 
 /// `DELETE /caches/{cache}/paths/{hash}`: unpublish one path (delete right).
@@ -152,8 +161,15 @@ pub async fn delete_path(
     let cache = access::cache(&state, &req, &name, Operation::Delete).await?;
     validate_hash_part(&hash)?;
     let (id, key) = (cache.id, hash.clone());
-    if !state.db.write(move |tx| nars::delete_path(tx, id, &key)).await? {
+    if !state
+        .db
+        .write(move |tx| nars::delete_path(tx, id, &key))
+        .await?
+    {
         return Err(Error::NotFound(format!("{hash}.narinfo")));
     }
-    Ok(json_no_store(StatusCode::OK, &serde_json::json!({"deleted": hash})))
+    Ok(json_no_store(
+        StatusCode::OK,
+        &serde_json::json!({"deleted": hash}),
+    ))
 }

@@ -14,7 +14,10 @@ use actix_web::HttpResponse;
 use actix_web::http::header;
 
 /// A JSON answer that no cache keeps.
-pub fn json_no_store(status: actix_web::http::StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+pub fn json_no_store(
+    status: actix_web::http::StatusCode,
+    body: &impl serde::Serialize,
+) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(body)

@@ -35,7 +35,9 @@ pub fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>> {
     if spec.contains(',') {
         return Ok(None); // several ranges: answer with the whole file
     }
-    let (a, b) = spec.split_once('-').ok_or(Error::RangeNotSatisfiable { size })?;
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or(Error::RangeNotSatisfiable { size })?;
     let (a, b) = (a.trim(), b.trim());
     let bad = || Error::RangeNotSatisfiable { size };
     let (start, end) = if a.is_empty() {
@@ -46,7 +48,13 @@ pub fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>> {
         (size.saturating_sub(n), size - 1)
     } else {
         let start: u64 = a.parse().map_err(|_| bad())?;
-        let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| bad())?.min(size.saturating_sub(1)) };
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| bad())?
+                .min(size.saturating_sub(1))
+        };
         (start, end)
     };
     if size == 0 || start >= size || start > end {
@@ -72,7 +80,13 @@ pub async fn get(
         .await?
         .ok_or_else(not_found)?;
     state.access.nar(cache.id, nar.id);
-    let chunks: Vec<ChunkRef> = chunks.into_iter().map(|c| ChunkRef { blob: c.blob, size: c.size }).collect();
+    let chunks: Vec<ChunkRef> = chunks
+        .into_iter()
+        .map(|c| ChunkRef {
+            blob: c.blob,
+            size: c.size,
+        })
+        .collect();
     let head = req.method() == Method::HEAD;
     let cc = if cache.public {
         "public, max-age=31536000, immutable".to_owned()
@@ -88,12 +102,18 @@ pub async fn get(
         }
         let raw = ChainReader::new(state.store.clone(), &chunks, 0, nar.file_size);
         let decoder = zstd::stream::read::Decoder::new(raw).map_err(Error::internal)?;
-        return Ok(res.no_chunking(nar.nar_size).streaming(stream::from_reader(decoder)));
+        return Ok(res
+            .no_chunking(nar.nar_size)
+            .streaming(stream::from_reader(decoder)));
     }
     res.content_type("application/zstd")
         .insert_header((header::ACCEPT_RANGES, "bytes"));
     let size = nar.file_size;
-    let range = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let range = match req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(v) => parse_range(v, size)?,
         None => None,
     };

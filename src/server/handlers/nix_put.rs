@@ -27,7 +27,9 @@ pub async fn nar(
     let (name, file) = path.into_inner();
     let cache = access::cache(&state, &req, &name, Operation::Push).await?;
     state.engine.stage(cache.id, &file, body).await?;
-    Ok(HttpResponse::Ok().insert_header(("cache-control", "no-store")).finish())
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .finish())
 }
 
 /// `PUT /{cache}/{hash}.narinfo`.
@@ -76,7 +78,10 @@ pub async fn narinfo(
             if let Some(p) = staged {
                 let _ = std::fs::remove_file(p);
             }
-            return Ok(json_no_store(StatusCode::OK, &json!({"state": "committed"})));
+            return Ok(json_no_store(
+                StatusCode::OK,
+                &json!({"state": "committed"}),
+            ));
         }
         Created::Upload { id, .. } => id,
     };
@@ -86,7 +91,13 @@ pub async fn narinfo(
     };
     state.engine.adopt_part(&id, 1, staged).await?;
     match state.engine.complete(&id, 1).await? {
-        Completion::Committed { .. } => Ok(json_no_store(StatusCode::OK, &json!({"state": "committed"}))),
-        Completion::Verifying => Ok(json_no_store(StatusCode::ACCEPTED, &json!({"state": "verifying"}))),
+        Completion::Committed { .. } => Ok(json_no_store(
+            StatusCode::OK,
+            &json!({"state": "committed"}),
+        )),
+        Completion::Verifying => Ok(json_no_store(
+            StatusCode::ACCEPTED,
+            &json!({"state": "verifying"}),
+        )),
     }
 }

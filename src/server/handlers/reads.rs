@@ -23,7 +23,11 @@ pub fn cache_control(public: bool, max_age: u32) -> String {
 }
 
 /// `GET /{cache}/nix-cache-info`.
-pub async fn cache_info(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn cache_info(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::Pull).await?;
     let body = format!(
         "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
@@ -55,7 +59,9 @@ pub async fn narinfo(
     res.content_type("text/x-nix-narinfo")
         .insert_header(("cache-control", cache_control(cache.public, 60)));
     if req.method() == Method::HEAD {
-        return Ok(res.no_chunking(text.len() as u64).streaming(stream::empty()));
+        return Ok(res
+            .no_chunking(text.len() as u64)
+            .streaming(stream::empty()));
     }
     Ok(res.body(text))
 }

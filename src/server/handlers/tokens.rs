@@ -12,7 +12,11 @@ use crate::server::{AppState, access};
 use crate::service;
 
 /// Revokes and answers with the id stored.
-pub async fn revoke(state: web::Data<AppState>, req: HttpRequest, body: web::Json<RevokeRequest>) -> Result<HttpResponse> {
+pub async fn revoke(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RevokeRequest>,
+) -> Result<HttpResponse> {
     let token = access::token_of(&req).ok_or(Error::Unauthenticated)?;
     state
         .auth
@@ -20,12 +24,23 @@ pub async fn revoke(state: web::Data<AppState>, req: HttpRequest, body: web::Jso
         .map_err(access::auth_error)?;
     let id = match (&body.token, &body.revocation_id) {
         (Some(t), None) => service::revocation_id_of(t)?,
-        (None, Some(id)) if id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) => id.to_ascii_lowercase(),
-        (None, Some(id)) => {
-            return Err(Error::BadRequest(format!("revocation_id {id:?} is not a hex revocation id")));
+        (None, Some(id)) if id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            id.to_ascii_lowercase()
         }
-        _ => return Err(Error::BadRequest("give exactly one of \"token\" and \"revocation_id\"".into())),
+        (None, Some(id)) => {
+            return Err(Error::BadRequest(format!(
+                "revocation_id {id:?} is not a hex revocation id"
+            )));
+        }
+        _ => {
+            return Err(Error::BadRequest(
+                "give exactly one of \"token\" and \"revocation_id\"".into(),
+            ));
+        }
     };
     service::revoke(&state, &id).await?;
-    Ok(json_no_store(StatusCode::OK, &serde_json::json!({"revoked": id})))
+    Ok(json_no_store(
+        StatusCode::OK,
+        &serde_json::json!({"revoked": id}),
+    ))
 }

@@ -11,22 +11,21 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue, HttpDate};
 use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue, HttpDate};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, web};
 use base64::Engine as _;
 
 use crate::auth::Operation;
+use crate::db::tus::TusKind;
 use crate::error::{Error, Result};
 use crate::server::{AppState, access};
 use crate::upload::tus::{Concat, TusCreate, TusInfo};
 use crate::upload::{DigestAlgorithm, ExpectedDigest};
-use crate::db::tus::TusKind;
 
 const VERSION: &str = "1.0.0";
-const EXTENSIONS: &str =
-    "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,concatenation";
+const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,concatenation";
 const OFFSET_TYPE: &str = "application/offset+octet-stream";
 const TUS_HEADERS: &str = "Tus-Resumable, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Offset, Upload-Concat, Upload-Checksum, Content-Type, Authorization, X-HTTP-Method-Override";
 const EXPOSED: &str = "Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Concat, Upload-Expires, Upload-Limit";
@@ -59,9 +58,9 @@ fn checksum(h: &HeaderMap) -> Result<Option<ExpectedDigest>> {
     let Some(v) = text(h, "upload-checksum") else {
         return Ok(None);
     };
-    let (alg, b64) = v
-        .split_once(' ')
-        .ok_or_else(|| Error::BadRequest("Upload-Checksum must be '<algorithm> <base64>'".into()))?;
+    let (alg, b64) = v.split_once(' ').ok_or_else(|| {
+        Error::BadRequest("Upload-Checksum must be '<algorithm> <base64>'".into())
+    })?;
     let algorithm = match alg {
         "sha1" => DigestAlgorithm::Sha1,
         "md5" => DigestAlgorithm::Md5,
@@ -86,14 +85,17 @@ fn concat_of(h: &HeaderMap, cache: &str) -> Result<Concat> {
     if v == "partial" {
         return Ok(Concat::Partial);
     }
-    let urls = v
-        .strip_prefix("final;")
-        .ok_or_else(|| Error::BadRequest("Upload-Concat must be 'partial' or 'final;<urls>'".into()))?;
+    let urls = v.strip_prefix("final;").ok_or_else(|| {
+        Error::BadRequest("Upload-Concat must be 'partial' or 'final;<urls>'".into())
+    })?;
     let prefix = format!("/_api/v1/caches/{cache}/tus/");
     let mut ids = vec![];
     for url in urls.split_whitespace() {
         // Absolute or relative URLs: only the path matters.
-        let path = url.find(&prefix).map(|i| &url[i + prefix.len()..]).unwrap_or("");
+        let path = url
+            .find(&prefix)
+            .map(|i| &url[i + prefix.len()..])
+            .unwrap_or("");
         let id = path.trim_end_matches('/');
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(Error::BadRequest(format!(
@@ -103,7 +105,9 @@ fn concat_of(h: &HeaderMap, cache: &str) -> Result<Concat> {
         ids.push(id.to_owned());
     }
     if ids.is_empty() {
-        return Err(Error::BadRequest("Upload-Concat: final names no partial uploads".into()));
+        return Err(Error::BadRequest(
+            "Upload-Concat: final names no partial uploads".into(),
+        ));
     }
     Ok(Concat::Final(ids, v.to_owned()))
 }
@@ -141,13 +145,19 @@ pub async fn create(
     match (&concat, length, deferred) {
         (Concat::Final(..), None, false) => {}
         (Concat::Final(..), _, _) => {
-            return Err(Error::BadRequest("a final upload takes no Upload-Length: it is the sum of its partials".into()));
+            return Err(Error::BadRequest(
+                "a final upload takes no Upload-Length: it is the sum of its partials".into(),
+            ));
         }
         (_, Some(_), true) => {
-            return Err(Error::BadRequest("send Upload-Length or Upload-Defer-Length: 1, not both".into()));
+            return Err(Error::BadRequest(
+                "send Upload-Length or Upload-Defer-Length: 1, not both".into(),
+            ));
         }
         (_, None, false) => {
-            return Err(Error::BadRequest("send Upload-Length (or Upload-Defer-Length: 1)".into()));
+            return Err(Error::BadRequest(
+                "send Upload-Length (or Upload-Defer-Length: 1)".into(),
+            ));
         }
         _ => {}
     }
@@ -158,7 +168,11 @@ pub async fn create(
         });
     }
     let metadata = text(h, "upload-metadata").unwrap_or("").to_owned();
-    let creation = TusCreate { length, metadata, concat };
+    let creation = TusCreate {
+        length,
+        metadata,
+        concat,
+    };
     let (mut info, _) = state.engine.tus_create(&cache, creation).await?;
     let content_length = number(h, "content-length")?.unwrap_or(0);
     if content_length > 0 && is_offset_stream(&req) && info.kind != TusKind::Final {
@@ -210,7 +224,11 @@ async fn upload_in(state: &AppState, req: &HttpRequest, cache: &str, id: &str) -
 }
 
 /// `HEAD`: the offset to resume from.
-pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(String, String)>) -> HttpResponse {
+pub async fn head(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
     let (cache, id) = path.into_inner();
     match upload_in(&state, &req, &cache, &id).await {
         Ok(info) => {
@@ -294,21 +312,33 @@ pub async fn middleware(
     };
     let headers = res.headers_mut();
     if !is_options {
-        headers.insert(HeaderName::from_static("tus-resumable"), HeaderValue::from_static(VERSION));
+        headers.insert(
+            HeaderName::from_static("tus-resumable"),
+            HeaderValue::from_static(VERSION),
+        );
     }
     if let Some(o) = allowed
         && let Ok(v) = HeaderValue::from_str(&o)
     {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED),
+        );
         if is_options {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("POST, GET, HEAD, PATCH, DELETE, OPTIONS"),
             );
-            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(TUS_HEADERS));
-            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(TUS_HEADERS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
         }
     }
     Ok(res)

@@ -5,7 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use super::json_no_store;
-use crate::api::{self, CompleteRequest, CreateUpload, MissingRequest, MissingResponse, PartAck, UploadCreated};
+use crate::api::{
+    self, CompleteRequest, CreateUpload, MissingRequest, MissingResponse, PartAck, UploadCreated,
+};
 use crate::auth::Operation;
 use crate::db::caches::{self, CacheRow};
 use crate::db::nars;
@@ -28,7 +30,12 @@ pub async fn missing(
     };
     let mut parsed = Vec::with_capacity(body.store_paths.len());
     for p in &body.store_paths {
-        parsed.push((p.clone(), StorePath::parse(p, &cache.store_dir)?.hash_part().to_owned()));
+        parsed.push((
+            p.clone(),
+            StorePath::parse(p, &cache.store_dir)?
+                .hash_part()
+                .to_owned(),
+        ));
     }
     let missing = state
         .db
@@ -57,7 +64,9 @@ pub async fn create(
     let compression = match body.compression.as_deref() {
         None => Compression::None,
         Some(c) => Compression::parse(c).ok_or_else(|| {
-            Error::BadRequest(format!("compression {c:?} is not supported: use \"none\" or \"zstd\""))
+            Error::BadRequest(format!(
+                "compression {c:?} is not supported: use \"none\" or \"zstd\""
+            ))
         })?,
     };
     for r in body.references.iter().chain(body.deriver.iter()) {
@@ -78,7 +87,10 @@ pub async fn create(
         compression,
     };
     match state.engine.create(&cache, new).await? {
-        Created::Committed => Ok(json_no_store(StatusCode::OK, &json!({"state": "committed"}))),
+        Created::Committed => Ok(json_no_store(
+            StatusCode::OK,
+            &json!({"state": "committed"}),
+        )),
         Created::Upload { id, expires_at } => {
             let body = UploadCreated {
                 upload_url: format!("{}/_api/v1/uploads/{id}", state.settings.public_url),
@@ -92,7 +104,11 @@ pub async fn create(
 }
 
 /// `GET /caches/{cache}/uploads`: uploads not yet committed.
-pub async fn list(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::Push).await?;
     let list = state.engine.list(cache.id).await?;
     Ok(json_no_store(StatusCode::OK, &json!({"uploads": list})))
@@ -120,7 +136,9 @@ pub async fn put_part(
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let (id, n) = path.into_inner();
-    let n: u64 = n.parse().map_err(|_| Error::BadRequest(format!("part number {n:?} is not a number")))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("part number {n:?} is not a number")))?;
     upload_cache(&state, &req, &id).await?;
     let length = match req.headers().get(header::CONTENT_LENGTH) {
         None => None,
@@ -133,7 +151,9 @@ pub async fn put_part(
     };
     let digest = match req.headers().get(api::CONTENT_DIGEST) {
         None => None,
-        Some(v) => api::parse_content_digest(v.to_str().unwrap_or("")).map_err(Error::BadRequest)?,
+        Some(v) => {
+            api::parse_content_digest(v.to_str().unwrap_or("")).map_err(Error::BadRequest)?
+        }
     };
     let rules = PartRules {
         content_length: length,
@@ -141,12 +161,21 @@ pub async fn put_part(
         keep_partial: false,
     };
     let part = state.engine.put_part(&id, n, rules, body).await?;
-    let ack = PartAck { n: part.n, size: part.size, blake3: part.blake3 };
+    state.metrics.part(part.size);
+    let ack = PartAck {
+        n: part.n,
+        size: part.size,
+        blake3: part.blake3,
+    };
     Ok(json_no_store(StatusCode::OK, &ack))
 }
 
 /// `GET /uploads/{id}`: what a resuming client needs.
-pub async fn status(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn status(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     upload_cache(&state, &req, &path).await?;
     let status = state.engine.status(&path).await?;
     Ok(json_no_store(StatusCode::OK, &status))
@@ -165,13 +194,23 @@ pub async fn complete(
             StatusCode::OK,
             &json!({"state": "committed", "narinfo_url": format!("{}{narinfo_url}", state.settings.public_url)}),
         )),
-        Completion::Verifying => Ok(json_no_store(StatusCode::ACCEPTED, &json!({"state": "verifying"}))),
+        Completion::Verifying => Ok(json_no_store(
+            StatusCode::ACCEPTED,
+            &json!({"state": "verifying"}),
+        )),
     }
 }
 
 /// `DELETE /uploads/{id}`.
-pub async fn abandon(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn abandon(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     upload_cache(&state, &req, &path).await?;
     state.engine.abandon(&path).await?;
-    Ok(json_no_store(StatusCode::OK, &json!({"state": "abandoned"})))
+    Ok(json_no_store(
+        StatusCode::OK,
+        &json!({"state": "abandoned"}),
+    ))
 }

@@ -1,0 +1,165 @@
+//! `GET /metrics`: Prometheus text exposition.
+//!
+//! Counters live in memory ([`Metrics`]) and are bumped by a middleware
+//! (requests by route pattern and status, bytes in and out), by the part
+//! handler and by the garbage collector; gauges (uploads by state, store
+//! size per cache) are read from SQLite when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::{HttpResponse, web};
+
+use crate::error::{Error, Result};
+use crate::server::AppState;
+
+/// In-memory counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    parts: AtomicU64,
+    part_bytes: AtomicU64,
+    gc_runs: AtomicU64,
+    gc_bytes_freed: AtomicU64,
+}
+
+impl Metrics {
+    /// One answered request.
+    pub fn request(&self, route: &str, status: u16, bytes_in: u64, bytes_out: u64) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((route.to_owned(), status)).or_default() += 1;
+        }
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// One part stored.
+    pub fn part(&self, size: u64) {
+        self.parts.fetch_add(1, Ordering::Relaxed);
+        self.part_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// One garbage collection run.
+    pub fn gc(&self, bytes_freed: u64) {
+        self.gc_runs.fetch_add(1, Ordering::Relaxed);
+        self.gc_bytes_freed
+            .fetch_add(bytes_freed, Ordering::Relaxed);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+/// Renders every metric.
+pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse> {
+    let m = &state.metrics;
+    let mut out = String::new();
+    out.push_str(
+        "# HELP ferry_http_requests_total HTTP requests answered, by route pattern and status.\n",
+    );
+    out.push_str("# TYPE ferry_http_requests_total counter\n");
+    for ((route, status), n) in m.requests.lock().map_err(Error::internal)?.iter() {
+        let _ = writeln!(
+            out,
+            "ferry_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            escape(route)
+        );
+    }
+    counter(
+        &mut out,
+        "ferry_http_request_bytes_total",
+        "Request body bytes received.",
+        m.bytes_in.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_http_response_bytes_total",
+        "Response body bytes sent (sized bodies).",
+        m.bytes_out.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_parts_received_total",
+        "Upload parts stored.",
+        m.parts.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_part_bytes_total",
+        "Bytes of upload parts stored.",
+        m.part_bytes.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_gc_runs_total",
+        "Garbage collection runs.",
+        m.gc_runs.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_gc_bytes_freed_total",
+        "Blob bytes freed by garbage collection.",
+        m.gc_bytes_freed.load(Ordering::Relaxed),
+    );
+    let (uploads, sizes) = state
+        .db
+        .call(|c| {
+            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM uploads GROUP BY state")?;
+            let uploads: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = c.prepare(
+                "SELECT c.name, COALESCE(SUM(n.file_size), 0), COUNT(p.id) FROM caches c
+                 LEFT JOIN paths p ON p.cache_id = c.id LEFT JOIN nars n ON n.id = p.nar_id
+                 GROUP BY c.id ORDER BY c.name",
+            )?;
+            let sizes: Vec<(String, i64, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((uploads, sizes))
+        })
+        .await?;
+    out.push_str("# HELP ferry_uploads Uploads by state.\n# TYPE ferry_uploads gauge\n");
+    for s in ["open", "verifying", "failed", "committed"] {
+        let n = uploads
+            .iter()
+            .find(|(st, _)| st == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        let _ = writeln!(out, "ferry_uploads{{state=\"{s}\"}} {n}");
+    }
+    out.push_str("# HELP ferry_cache_stored_bytes Compressed NAR bytes published per cache (shared NARs count in each).\n# TYPE ferry_cache_stored_bytes gauge\n");
+    for (name, bytes, _) in &sizes {
+        let _ = writeln!(
+            out,
+            "ferry_cache_stored_bytes{{cache=\"{}\"}} {bytes}",
+            escape(name)
+        );
+    }
+    out.push_str("# HELP ferry_cache_paths Store paths published per cache.\n# TYPE ferry_cache_paths gauge\n");
+    for (name, _, paths) in &sizes {
+        let _ = writeln!(
+            out,
+            "ferry_cache_paths{{cache=\"{}\"}} {paths}",
+            escape(name)
+        );
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .body(out))
+}

@@ -1,0 +1,83 @@
+//! `/metrics` is valid Prometheus text (checked with the reference Python
+//! parser, `prometheus_client`) and counts what happened.
+
+mod common;
+
+use common::{Body, InProcess, http_request};
+
+#[test]
+fn metrics_parse_and_count_requests() {
+    let s = InProcess::start();
+    let auth = format!("Authorization: Bearer {}", s.admin_token);
+    let r = http_request(
+        "POST",
+        &format!("{}/_api/v1/caches", s.url),
+        &[&auth],
+        Body::Bytes(br#"{"name":"m"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        http_request(
+            "GET",
+            &format!("{}/m/nix-cache-info", s.url),
+            &[],
+            Body::None
+        )
+        .status,
+        401
+    );
+    let text = http_request("GET", &format!("{}/metrics", s.url), &[], Body::None).text();
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse /metrics (is it installed? run .ci/run): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let requests = parsed["ferry_http_requests_total"]
+        .as_array()
+        .expect("request counter");
+    let count = |route: &str, status: &str| {
+        requests
+            .iter()
+            .filter(|s| s[0]["route"] == route && s[0]["status"] == status)
+            .map(|s| s[1].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    assert_eq!(count("/_api/v1/caches", "201"), 1.0, "{parsed}");
+    assert_eq!(count("/{cache}/nix-cache-info", "401"), 1.0, "{parsed}");
+    for name in [
+        "ferry_uploads",
+        "ferry_cache_paths",
+        "ferry_cache_stored_bytes",
+        "ferry_gc_runs_total",
+        "ferry_part_bytes_total",
+    ] {
+        assert!(parsed.get(name).is_some(), "{name} missing: {parsed}");
+    }
+    let caches = parsed["ferry_cache_paths"].as_array().unwrap();
+    assert!(caches.iter().any(|s| s[0]["cache"] == "m"), "{parsed}");
+}
