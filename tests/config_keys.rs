@@ -104,3 +104,28 @@ fn example_config_parses_and_mentions_every_key() {
         "examples/ferry.toml should set every key to its default"
     );
 }
+
+/// `ferry serve --check-config` on a file; returns (success, stdout+stderr).
+fn check_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
+    msg.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), msg)
+}
+
+#[test]
+fn check_config_names_the_offending_key() {
+    let (ok, msg) = check_config("listne = \"127.0.0.1:1\"\n");
+    assert!(!ok && msg.contains("listne"), "{msg}");
+    let (ok, msg) = check_config("max-part-size = 200000000\n");
+    assert!(!ok && msg.contains("max-part-size"), "{msg}");
+    let (ok, msg) = check_config("max-part-size = 67108864\n");
+    assert!(ok, "{msg}");
+}

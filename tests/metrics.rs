@@ -26,6 +26,31 @@ fn metrics_parse_and_count_requests() {
         .status,
         401
     );
+    // A push moves the part counters.
+    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
+        executable: false,
+        contents: b"metrics".to_vec(),
+    });
+    let body = serde_json::json!({
+        "store_path": "/nix/store/0000000000000000000000000000000m-x",
+        "nar_hash": ferry::nar::Sha256Hash::digest(&nar).to_string(),
+        "nar_size": nar.len(),
+    });
+    let r = http_request(
+        "POST",
+        &format!("{}/_api/v1/caches/m/uploads", s.url),
+        &[&auth],
+        Body::Bytes(body.to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let url = r.json()["upload_url"].as_str().unwrap().to_owned();
+    let r = http_request(
+        "PUT",
+        &format!("{}{url}/parts/1", s.url),
+        &[&auth],
+        Body::Bytes(nar.clone()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     let text = http_request("GET", &format!("{}/metrics", s.url), &[], Body::None).text();
     let script = r#"
 import sys, json
@@ -78,6 +103,17 @@ print(json.dumps(out))
     ] {
         assert!(parsed.get(name).is_some(), "{name} missing: {parsed}");
     }
+    let parts = parsed["ferry_parts_received_total"][0][1].as_f64().unwrap();
+    let bytes = parsed["ferry_part_bytes_total"][0][1].as_f64().unwrap();
+    assert_eq!((parts, bytes), (1.0, nar.len() as f64), "{parsed}");
+    let open = parsed["ferry_uploads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0]["state"] == "open")
+        .unwrap()[1]
+        .as_f64();
+    assert_eq!(open, Some(1.0), "{parsed}");
     let caches = parsed["ferry_cache_paths"].as_array().unwrap();
     assert!(caches.iter().any(|s| s[0]["cache"] == "m"), "{parsed}");
 }
