@@ -91,6 +91,10 @@ pub enum Error {
     HostNotAllowed(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error(
+        "the build log is over this server's limit of {limit} bytes (uncompressed): it was not stored"
+    )]
+    LogTooLarge { limit: u64 },
     #[error("the requested range is not satisfiable for a file of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
@@ -149,6 +153,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::HostNotAllowed(_) => "host_not_allowed",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::LogTooLarge { .. } => "log_too_large",
             Error::Auth(e) => match e {
                 AuthError::Expired => "token_expired",
                 AuthError::Revoked => "token_revoked",
@@ -199,6 +204,7 @@ impl Error {
                 json!({"received": got, "expected": expected})
             }
             Error::TusOffsetMismatch { expected, got } => json!({"offset": expected, "sent": got}),
+            Error::LogTooLarge { limit } => json!({"limit": limit}),
             _ => json!({}),
         };
         if let (Some(b), Some(d)) = (body.as_object_mut(), details.as_object()) {

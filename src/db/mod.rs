@@ -11,6 +11,7 @@
 //! `PRAGMA user_version` records how many have run.
 
 pub mod caches;
+pub mod logs;
 pub mod nars;
 pub mod revocations;
 pub mod tus;
@@ -32,6 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../schema/0002_revocations.sql"),
     ),
     ("0003_tus", include_str!("../../schema/0003_tus.sql")),
+    (
+        "0004_listings_logs",
+        include_str!("../../schema/0004_listings_logs.sql"),
+    ),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

@@ -173,6 +173,28 @@ pub fn nar_for_file(
     Ok(Some((nar, chunks)))
 }
 
+/// Stores the `.ls` listing (zstd-compressed JSON) of a NAR, keeping an
+/// existing one (a NAR's listing never changes).
+pub fn insert_listing(conn: &Connection, nar_id: i64, listing: &[u8]) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO nar_listings (nar_id, listing) VALUES (?1, ?2)",
+        params![nar_id, listing],
+    )?;
+    Ok(())
+}
+
+/// The stored listing (zstd-compressed JSON) of the NAR a cache serves for
+/// a path hash part, if both exist.
+pub fn listing(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<Option<Vec<u8>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.listing FROM paths p JOIN nar_listings l ON l.nar_id = p.nar_id
+         WHERE p.cache_id = ?1 AND p.hash_part = ?2",
+    )?;
+    Ok(stmt
+        .query_row(params![cache_id, hash_part], |r| r.get(0))
+        .optional()?)
+}
+
 /// Unpublishes a path from a cache. Returns whether it was there. The NAR
 /// stays until garbage collection finds no cache referencing it.
 pub fn delete_path(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<bool> {

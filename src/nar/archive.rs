@@ -11,12 +11,15 @@
 //! canonical form Nix writes, so a valid NAR has one hash for one tree.
 
 mod expect;
+mod listing;
 mod parser;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
+use self::listing::ListingBuilder;
+pub use self::listing::{ListingNode, NarListing};
 pub use self::parser::{MAX_DEPTH, MAX_NAME_LEN, MAX_PATH_LEN, MAX_TARGET_LEN};
 use self::parser::{NoSink, Parser, Sink};
 use super::FormatError;
@@ -137,7 +140,7 @@ fn utf8(bytes: &[u8], what: &str) -> Result<String, String> {
 }
 
 impl Sink for TreeBuilder {
-    fn regular(&mut self, executable: bool, size: u64) {
+    fn regular(&mut self, executable: bool, size: u64, _offset: u64) {
         let contents = Vec::with_capacity(size.min(1 << 20) as usize);
         self.leaf = Some(Tree::Regular {
             executable,
@@ -191,9 +194,15 @@ impl Sink for TreeBuilder {
 /// contain `/` or NUL, empty or NUL-containing symlink targets, over-long
 /// strings, excessive nesting, data after the root node, and (in
 /// `finish`) truncation. After the first error every call returns it.
+///
+/// Made with [`NarValidator::with_listing`], it also builds the archive's
+/// [`NarListing`] (Nix's `.ls` format) on the way; that costs memory in
+/// proportion to the number of entries, never to file sizes.
 #[derive(Debug)]
 pub struct NarValidator {
     parser: Parser,
+    /// Boxed: keeps the validator itself small when no listing is wanted.
+    listing: Option<Box<ListingBuilder>>,
 }
 
 impl NarValidator {
@@ -201,17 +210,37 @@ impl NarValidator {
     pub fn new() -> Self {
         Self {
             parser: Parser::new(),
+            listing: None,
+        }
+    }
+
+    /// A validator that also builds the archive's listing; get it with
+    /// [`NarValidator::finish_listing`].
+    pub fn with_listing() -> Self {
+        Self {
+            parser: Parser::new(),
+            listing: Some(Box::default()),
         }
     }
 
     /// Consumes the next slice of the archive.
     pub fn update(&mut self, data: &[u8]) -> Result<(), FormatError> {
-        self.parser.update(data, &mut NoSink)
+        match &mut self.listing {
+            Some(l) => self.parser.update(data, &mut **l),
+            None => self.parser.update(data, &mut NoSink),
+        }
     }
 
     /// Checks that the archive ended exactly after its root node.
     pub fn finish(self) -> Result<(), FormatError> {
         self.parser.finish()
+    }
+
+    /// Like [`NarValidator::finish`], and returns the listing when the
+    /// validator was made with [`NarValidator::with_listing`].
+    pub fn finish_listing(self) -> Result<Option<NarListing>, FormatError> {
+        self.parser.finish()?;
+        Ok(self.listing.and_then(|l| l.into_listing()))
     }
 
     /// Number of bytes accepted so far (the NAR size once finished).

@@ -14,7 +14,7 @@ pub mod nix32;
 pub mod signing;
 pub mod store_path;
 
-pub use archive::{NarValidator, Tree, read_nar, write_nar};
+pub use archive::{ListingNode, NarListing, NarValidator, Tree, read_nar, write_nar};
 pub use hash::Sha256Hash;
 pub use narinfo::NarInfo;
 pub use signing::{PublicKey, SigningKey, fingerprint};

@@ -4,8 +4,8 @@
 //! contiguous prefix reaches; it runs after every part and again at
 //! `complete`, so by the time the last part lands most of the work is done.
 //! Publishing moves the blobs into the store (a rename each, no copy),
-//! then writes the NAR row, the path row with its signed narinfo, and the
-//! upload's new state in one transaction.
+//! then writes the NAR row (with its `.ls` listing), the path row with its
+//! signed narinfo, and the upload's new state in one transaction.
 
 use std::sync::Arc;
 
@@ -234,12 +234,18 @@ impl Engine {
             .map_err(Error::internal)?
     }
 
-    async fn publish(self: &Arc<Self>, row: UploadRow, verdict: Verdict, total: u32) -> Result<()> {
+    async fn publish(
+        self: &Arc<Self>,
+        row: UploadRow,
+        mut verdict: Verdict,
+        total: u32,
+    ) -> Result<()> {
         let key = row.id.clone();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
         let parts: Vec<PartRow> = parts.into_iter().filter(|p| p.n <= total).collect();
         let store = self.store.clone();
         let paths: Vec<_> = parts.iter().map(|p| self.part_path(&row.id, p.n)).collect();
+        let listing = verdict.listing.take();
         let (chunks, file_hash, file_size) = tokio::task::spawn_blocking(move || -> Result<_> {
             if let Some(c) = verdict.compressed {
                 store.adopt(&c.blake3, &c.path)?;
@@ -282,6 +288,9 @@ impl Engine {
                 let cache = caches::get_by_id(tx, row.cache_id)?
                     .ok_or_else(|| Error::CacheNotFound(row.cache_id.to_string()))?;
                 let (nar, _) = nars::insert(tx, &new)?;
+                if let Some(listing) = &listing {
+                    nars::insert_listing(tx, nar.id, listing)?;
+                }
                 let path = StorePath::parse(&row.store_path, &cache.store_dir)?;
                 publish_path(tx, &cache, &path, &row.meta, &nar)?;
                 uploads::set_state(tx, &row.id, UploadState::Committed, None, None)?;

@@ -3,7 +3,8 @@
 //! Parts are folded strictly in order 1, 2, 3, … as soon as they extend the
 //! contiguous prefix. Each part's bytes go through SHA-256 of the file as
 //! uploaded, then (for zstd uploads) through a zstd decoder, into a sink
-//! that hashes the NAR, counts its bytes and checks its structure. For
+//! that hashes the NAR, counts its bytes, checks its structure and builds
+//! its `.ls` listing (memory in proportion to its entries). For
 //! plain NAR uploads the same sink also feeds a zstd encoder writing the
 //! file that will be stored. Everything here is blocking: it runs on the
 //! blocking pool. State lives in memory only; after a restart it is rebuilt
@@ -17,6 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::nar::{NarValidator, Sha256Hash};
+
+/// zstd level of stored listings (small JSON: compression is cheap).
+const LISTING_ZSTD_LEVEL: i32 = 3;
 
 /// What the uploaded bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,9 @@ pub struct Verdict {
     pub upload_size: u64,
     /// Set for plain uploads: the zstd file the server wrote.
     pub compressed: Option<CompressedFile>,
+    /// The NAR's `.ls` listing as zstd-compressed JSON, built while
+    /// verifying (set when the NAR is complete and valid).
+    pub listing: Option<Vec<u8>>,
 }
 
 /// The running verifier of one upload.
@@ -163,7 +170,7 @@ impl Verifier {
             sha: Sha256::new(),
             bytes: 0,
             limit: nar_size,
-            validator: NarValidator::new(),
+            validator: NarValidator::with_listing(),
             error: None,
             encoder: None,
         };
@@ -246,11 +253,18 @@ impl Verifier {
         }
         let nar_size = sink.bytes;
         let nar_hash = Sha256Hash(sink.sha.finalize().into());
-        if nar_size == sink.limit {
-            sink.validator
-                .finish()
+        let listing = if nar_size == sink.limit {
+            let listing = sink
+                .validator
+                .finish_listing()
                 .map_err(|e| Error::InvalidNar(e.to_string()))?;
-        }
+            match listing {
+                Some(l) => Some(zstd::encode_all(&l.to_json()[..], LISTING_ZSTD_LEVEL)?),
+                None => None,
+            }
+        } else {
+            None
+        };
         let compressed = match (sink.encoder, self.out_path) {
             (Some(enc), Some(path)) => {
                 let mut file = enc.finish()?;
@@ -272,6 +286,7 @@ impl Verifier {
             upload_hash,
             upload_size: self.file_bytes,
             compressed,
+            listing,
         })
     }
 }

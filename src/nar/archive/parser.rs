@@ -23,8 +23,9 @@ const MAX_KEYWORD_LEN: usize = 16;
 
 /// Receives the structure of the archive as it is parsed.
 pub trait Sink {
-    /// A regular file of `size` bytes starts; its contents follow.
-    fn regular(&mut self, _executable: bool, _size: u64) {}
+    /// A regular file of `size` bytes starts; its contents follow,
+    /// starting at byte `offset` of the archive.
+    fn regular(&mut self, _executable: bool, _size: u64, _offset: u64) {}
     /// A piece of the current regular file's contents.
     fn contents(&mut self, _chunk: &[u8]) {}
     /// A symlink node; an `Err` aborts parsing with that reason.
@@ -216,7 +217,7 @@ impl Parser {
     fn start_string<S: Sink>(&mut self, len: u64, sink: &mut S) -> Result<(), FormatError> {
         let pad = ((8 - len % 8) % 8) as usize;
         if self.expect == Expect::ContentsData {
-            sink.regular(self.executable, len);
+            sink.regular(self.executable, len, self.pos);
             if len == 0 {
                 self.expect = Expect::NodeClose;
                 self.begin_pad(pad);

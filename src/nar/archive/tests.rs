@@ -317,3 +317,81 @@ fn validator_is_send_and_small() {
     assert_send::<NarValidator>();
     assert!(std::mem::size_of::<NarValidator>() < 256);
 }
+
+/// The contents a listing node points at, sliced out of the NAR.
+fn slice<'a>(nar: &'a [u8], node: &serde_json::Value) -> &'a [u8] {
+    let off = node["narOffset"].as_u64().unwrap() as usize;
+    let size = node["size"].as_u64().unwrap() as usize;
+    &nar[off..off + size]
+}
+
+#[test]
+fn listing_matches_nix_format_and_offsets() {
+    let nar = write_nar(&sample());
+    // Fed in odd-sized slices, as the verifier does.
+    let mut v = NarValidator::with_listing();
+    for chunk in nar.chunks(7) {
+        v.update(chunk).unwrap();
+    }
+    let listing = v.finish_listing().unwrap().unwrap().to_value();
+    assert_eq!(listing["version"], 1);
+    let root = &listing["root"];
+    assert_eq!(root["type"], "directory");
+    let e = &root["entries"];
+    let names: Vec<&String> = e.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["bin", "empty", "emptydir", "link", "z"]);
+    let hello = &e["bin"]["entries"]["hello"];
+    assert_eq!(hello["type"], "regular");
+    assert_eq!(hello["executable"], true);
+    assert_eq!(hello["size"], 18);
+    assert_eq!(slice(&nar, hello), b"#!/bin/sh\necho hi\n");
+    let z = &e["z"];
+    assert!(z.get("executable").is_none(), "{z}");
+    assert_eq!(slice(&nar, z), b"12345678");
+    assert_eq!(e["empty"]["size"], 0);
+    assert!(e["empty"]["narOffset"].as_u64().unwrap() > 0);
+    assert_eq!(
+        e["link"],
+        serde_json::json!({"type": "symlink", "target": "bin/hello"})
+    );
+    assert_eq!(
+        e["emptydir"],
+        serde_json::json!({"type": "directory", "entries": {}})
+    );
+    // Exactly the keys Nix writes for a file.
+    let mut keys: Vec<&String> = hello.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["executable", "narOffset", "size", "type"]);
+}
+
+#[test]
+fn listing_of_single_file_and_symlink_roots() {
+    let nar = write_nar(&file(b"hello"));
+    let mut v = NarValidator::with_listing();
+    v.update(&nar).unwrap();
+    let l = v.finish_listing().unwrap().unwrap().to_value();
+    assert_eq!(l["root"]["type"], "regular");
+    assert_eq!(slice(&nar, &l["root"]), b"hello");
+
+    let nar = write_nar(&Tree::Symlink {
+        target: "/x".into(),
+    });
+    let mut v = NarValidator::with_listing();
+    v.update(&nar).unwrap();
+    let l = v.finish_listing().unwrap().unwrap().to_json();
+    assert_eq!(
+        String::from_utf8(l).unwrap(),
+        r#"{"version":1,"root":{"type":"symlink","target":"/x"}}"#
+    );
+}
+
+#[test]
+fn listing_absent_without_request_or_on_error() {
+    let nar = write_nar(&sample());
+    let mut v = NarValidator::new();
+    v.update(&nar).unwrap();
+    assert_eq!(v.finish_listing().unwrap(), None);
+    let mut v = NarValidator::with_listing();
+    v.update(&nar[..nar.len() - 8]).unwrap();
+    assert!(v.finish_listing().is_err());
+}

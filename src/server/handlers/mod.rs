@@ -3,6 +3,7 @@
 
 pub mod caches;
 pub mod health;
+pub mod logs;
 pub mod nar;
 pub mod nix_put;
 pub mod reads;

@@ -1,4 +1,5 @@
-//! What Nix reads as a substituter: `nix-cache-info` and narinfo.
+//! What Nix reads as a substituter: `nix-cache-info`, narinfo and `.ls`
+//! listings.
 //!
 //! narinfo texts are rendered and signed at publish time, so a read is one
 //! indexed lookup. A private cache's answers say `private, no-store` so no
@@ -64,4 +65,30 @@ pub async fn narinfo(
             .streaming(stream::empty()));
     }
     Ok(res.body(text))
+}
+
+/// `GET /{cache}/{hash}.ls`: the NAR's listing in Nix's `.ls` JSON format,
+/// stored when the NAR was verified.
+pub async fn listing(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (name, hash) = path.into_inner();
+    let cache = access::cache(&state, &req, &name, Operation::Pull).await?;
+    validate_hash_part(&hash)?;
+    let key = hash.clone();
+    let json = state
+        .db
+        .call(move |c| {
+            nars::listing(c, cache.id, &key)?
+                .map(|z| zstd::decode_all(&z[..]).map_err(Error::internal))
+                .transpose()
+        })
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{hash}.ls")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("cache-control", cache_control(cache.public, 60)))
+        .body(json))
 }
