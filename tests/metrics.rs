@@ -100,6 +100,9 @@ print(json.dumps(out))
         "ferry_cache_stored_bytes",
         "ferry_gc_runs_total",
         "ferry_part_bytes_total",
+        "ferry_part_size_bytes_bucket",
+        "ferry_verified_bytes_total",
+        "ferry_verify_seconds_total",
     ] {
         assert!(parsed.get(name).is_some(), "{name} missing: {parsed}");
     }

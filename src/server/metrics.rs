@@ -15,6 +15,9 @@ use actix_web::{HttpResponse, web};
 use crate::error::{Error, Result};
 use crate::server::AppState;
 
+/// Upper bounds of the part-size histogram, in bytes.
+const PART_BUCKETS: [u64; 6] = [1 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20, 95_000_000];
+
 /// In-memory counters.
 #[derive(Default)]
 pub struct Metrics {
@@ -23,6 +26,8 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     parts: AtomicU64,
     part_bytes: AtomicU64,
+    /// Cumulative part-size histogram, one count per bucket of `PART_BUCKETS`.
+    part_buckets: [AtomicU64; PART_BUCKETS.len()],
     gc_runs: AtomicU64,
     gc_bytes_freed: AtomicU64,
 }
@@ -41,6 +46,11 @@ impl Metrics {
     pub fn part(&self, size: u64) {
         self.parts.fetch_add(1, Ordering::Relaxed);
         self.part_bytes.fetch_add(size, Ordering::Relaxed);
+        for (bound, count) in PART_BUCKETS.iter().zip(&self.part_buckets) {
+            if size <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// One garbage collection run.
@@ -115,6 +125,30 @@ pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse> {
         "Blob bytes freed by garbage collection.",
         m.gc_bytes_freed.load(Ordering::Relaxed),
     );
+    let parts = m.parts.load(Ordering::Relaxed);
+    out.push_str("# HELP ferry_part_size_bytes Sizes of upload parts stored.\n");
+    out.push_str("# TYPE ferry_part_size_bytes histogram\n");
+    for (bound, count) in PART_BUCKETS.iter().zip(&m.part_buckets) {
+        let n = count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "ferry_part_size_bytes_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let sum = m.part_bytes.load(Ordering::Relaxed);
+    let _ = writeln!(out, "ferry_part_size_bytes_bucket{{le=\"+Inf\"}} {parts}");
+    let _ = writeln!(
+        out,
+        "ferry_part_size_bytes_sum {sum}\nferry_part_size_bytes_count {parts}"
+    );
+    let stats = &state.engine.stats;
+    counter(
+        &mut out,
+        "ferry_verified_bytes_total",
+        "Uploaded bytes run through the verifier; divided by ferry_verify_seconds_total it is the verify throughput.",
+        stats.verified_bytes.load(Ordering::Relaxed),
+    );
+    let secs = stats.verify_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    out.push_str("# HELP ferry_verify_seconds_total Time the verifier spent.\n");
+    out.push_str("# TYPE ferry_verify_seconds_total counter\n");
+    let _ = writeln!(out, "ferry_verify_seconds_total {secs}");
     let (uploads, sizes) = state
         .db
         .call(|c| {

@@ -161,40 +161,65 @@ pub async fn run(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                let fut = srv.call(req);
-                Box::pin(async move {
-                    let mut res = fut.await?;
-                    if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
-                        use actix_web::body::{BodySize, MessageBody};
-                        let route = res
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".to_owned());
-                        let out = match res.response().body().size() {
-                            BodySize::Sized(n) => n,
-                            _ => 0,
-                        };
-                        state
-                            .metrics
-                            .request(&route, res.status().as_u16(), bytes_in, out);
-                    }
-                    let ignored = res
-                        .request()
-                        .extensions()
-                        .get::<access::TokenIgnored>()
-                        .cloned();
-                    if let Some(access::TokenIgnored(why)) = ignored
-                        && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&why)
-                    {
-                        res.headers_mut().insert(
-                            actix_web::http::header::HeaderName::from_static(
-                                crate::api::TOKEN_IGNORED,
-                            ),
-                            v,
+                let request_id = uuid::Uuid::now_v7().simple().to_string();
+                let span = tracing::info_span!(
+                    "request",
+                    id = %request_id,
+                    method = %req.method(),
+                    path = %req.path()
+                );
+                let started = std::time::Instant::now();
+                let fut = {
+                    let _entered = span.enter();
+                    srv.call(req)
+                };
+                Box::pin(tracing::Instrument::instrument(
+                    async move {
+                        let mut res = fut.await?;
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "answered"
                         );
-                    }
-                    Ok(res)
-                })
+                        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&request_id) {
+                            res.headers_mut().insert(
+                                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                                v,
+                            );
+                        }
+                        if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+                            use actix_web::body::{BodySize, MessageBody};
+                            let route = res
+                                .request()
+                                .match_pattern()
+                                .unwrap_or_else(|| "unmatched".to_owned());
+                            let out = match res.response().body().size() {
+                                BodySize::Sized(n) => n,
+                                _ => 0,
+                            };
+                            state
+                                .metrics
+                                .request(&route, res.status().as_u16(), bytes_in, out);
+                        }
+                        let ignored = res
+                            .request()
+                            .extensions()
+                            .get::<access::TokenIgnored>()
+                            .cloned();
+                        if let Some(access::TokenIgnored(why)) = ignored
+                            && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&why)
+                        {
+                            res.headers_mut().insert(
+                                actix_web::http::header::HeaderName::from_static(
+                                    crate::api::TOKEN_IGNORED,
+                                ),
+                                v,
+                            );
+                        }
+                        Ok(res)
+                    },
+                    span,
+                ))
             })
             .configure(routes)
     })

@@ -73,6 +73,12 @@ impl Engine {
             })
             .collect();
         let store = self.store.clone();
+        let bytes: u64 = parts
+            .iter()
+            .filter(|p| todo.contains(&p.n))
+            .map(|p| p.size)
+            .sum();
+        let started = std::time::Instant::now();
         let (verifier, res) = tokio::task::spawn_blocking(move || {
             for (path, blob) in sources {
                 // A part already moved into the blob store by an
@@ -95,6 +101,7 @@ impl Engine {
         })
         .await
         .map_err(Error::internal)?;
+        self.stats.verified(bytes, started.elapsed());
         match res {
             Ok(()) => s.verifier = Some(verifier),
             Err(e) => s.failed = Some(e),

@@ -133,6 +133,25 @@ pub struct Engine {
     finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// tus PATCHes of one upload run one at a time.
     tus_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Verification counters, for `/metrics`.
+    pub stats: Stats,
+}
+
+/// What the verifier has done since start.
+#[derive(Default)]
+pub struct Stats {
+    /// Uploaded bytes folded into verifiers.
+    pub verified_bytes: std::sync::atomic::AtomicU64,
+    /// Time spent folding them, in nanoseconds.
+    pub verify_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    fn verified(&self, bytes: u64, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.verified_bytes.fetch_add(bytes, Relaxed);
+        self.verify_nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
 }
 
 impl Engine {
@@ -152,6 +171,7 @@ impl Engine {
             slots: Mutex::new(HashMap::new()),
             finishing: Mutex::new(HashMap::new()),
             tus_locks: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
         }))
     }
 
