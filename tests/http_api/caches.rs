@@ -227,3 +227,115 @@ fn create_cache_with_pull_only_token_is_403() {
         404
     );
 }
+
+#[test]
+fn configure_changes_settings_and_needs_its_right() {
+    let s = InProcess::start();
+    create_cache(&s, "conf", false);
+    let pull = s.mint(&[(Operation::Pull, "conf")], Duration::from_secs(600));
+    let r = send_json(
+        &s,
+        "PATCH",
+        "/_api/v1/caches/conf",
+        Some(&pull),
+        &json!({"public": true}),
+    );
+    expect_err(&s, &r, 403, "forbidden");
+    let admin = s.admin_token.clone();
+    let body =
+        json!({"public": true, "priority": 10, "retention": "30d", "upstream_keys": ["x-1"]});
+    let r = send_json(&s, "PATCH", "/_api/v1/caches/conf", Some(&admin), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["public"].clone(), v["priority"].clone()),
+        (json!(true), json!(10))
+    );
+    assert_eq!(v["retention"], "30d");
+    assert_eq!(v["upstream_keys"], json!(["x-1"]));
+    // The change is seen by substituters at once: public now, priority 10.
+    let r = get(&s, "/conf/nix-cache-info", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("Priority: 10"), "{}", r.text());
+    // null retention keeps forever; an absent key leaves others alone.
+    let r = send_json(
+        &s,
+        "PATCH",
+        "/_api/v1/caches/conf",
+        Some(&admin),
+        &json!({"retention": null}),
+    );
+    assert_eq!(r.json()["retention"], json!(null));
+    assert_eq!(r.json()["priority"], 10);
+    let r = send_json(
+        &s,
+        "PATCH",
+        "/_api/v1/caches/conf",
+        Some(&admin),
+        &json!({"retention": "soon"}),
+    );
+    expect_err(&s, &r, 400, "bad_request");
+    assert_healthy(&s);
+}
+
+#[test]
+fn destroy_removes_the_cache_and_delete_path_unpublishes() {
+    let s = InProcess::start();
+    create_cache(&s, "gone", false);
+    let nar = Nar::new("destroy-me", 1000);
+    push_ok(&s, "gone", &nar);
+    let admin = s.admin_token.clone();
+    let hash = hash_part(&nar.path).to_owned();
+    let push_only = s.mint(&[(Operation::Push, "gone")], Duration::from_secs(600));
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/_api/v1/caches/gone/paths/{hash}"),
+        Some(&push_only),
+        &[],
+        Body::None,
+    );
+    expect_err(&s, &r, 403, "forbidden");
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/_api/v1/caches/gone/paths/{hash}"),
+        Some(&admin),
+        &[],
+        Body::None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(narinfo(&s, "gone", &nar.path, Some(&admin)).status, 404);
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/_api/v1/caches/gone/paths/{hash}"),
+        Some(&admin),
+        &[],
+        Body::None,
+    );
+    expect_err(&s, &r, 404, "not_found");
+    // Destroy needs destroy-cache; afterwards the name is free again.
+    let r = call(
+        &s,
+        "DELETE",
+        "/_api/v1/caches/gone",
+        Some(&push_only),
+        &[],
+        Body::None,
+    );
+    expect_err(&s, &r, 403, "forbidden");
+    let r = call(
+        &s,
+        "DELETE",
+        "/_api/v1/caches/gone",
+        Some(&admin),
+        &[],
+        Body::None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&s, "/_api/v1/caches/gone", Some(&admin));
+    expect_err(&s, &r, 404, "cache_not_found");
+    create_cache(&s, "gone", false);
+    assert_eq!(narinfo(&s, "gone", &nar.path, Some(&admin)).status, 404);
+}
