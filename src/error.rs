@@ -119,6 +119,21 @@ impl Error {
 }
 
 impl Error {
+    /// Whether this is a verdict on the uploaded bytes (they do not match
+    /// what was declared, or are not a NAR): the upload fails for good.
+    /// Other errors during verification leave it open to retry.
+    pub fn is_verdict(&self) -> bool {
+        matches!(
+            self,
+            Error::NarHashMismatch { .. }
+                | Error::NarSizeMismatch { .. }
+                | Error::FileHashMismatch { .. }
+                | Error::FileSizeMismatch { .. }
+                | Error::InvalidNar(_)
+                | Error::InvalidCompression(_)
+        )
+    }
+
     /// The stable snake_case code sent as `"error"`.
     pub fn code(&self) -> &'static str {
         match self {

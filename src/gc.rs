@@ -160,7 +160,14 @@ impl Collector {
                 let old = now
                     .duration_since(blob.modified)
                     .is_ok_and(|age| age >= grace);
-                if old && !referenced.contains(&blob.id) {
+                // Look again right before deleting: a publish may have
+                // re-stored (and so re-stamped) it since the listing.
+                let still_old = || -> std::io::Result<bool> {
+                    Ok(store
+                        .modified(&blob.id)?
+                        .is_some_and(|m| now.duration_since(m).is_ok_and(|age| age >= grace)))
+                };
+                if old && !referenced.contains(&blob.id) && still_old()? {
                     store.delete(&blob.id)?;
                     count += 1;
                     bytes += blob.size;

@@ -213,3 +213,14 @@ pub fn ids_of_cache(conn: &Connection, cache_id: i64) -> Result<Vec<String>> {
     let rows = stmt.query_map([cache_id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Moves an open (or already verifying) upload to `verifying` with its
+/// parts count. `false` when it is committed or failed already.
+pub fn claim_for_verifying(conn: &Connection, id: &str, total: u32) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE uploads SET state = 'verifying', total_parts = ?2
+         WHERE id = ?1 AND state IN ('open', 'verifying')",
+        params![id, total],
+    )?;
+    Ok(n > 0)
+}

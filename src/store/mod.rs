@@ -35,6 +35,8 @@ pub trait BlobStore: Send + Sync + 'static {
     fn delete(&self, id: &str) -> io::Result<()>;
     /// Every blob with its size and last modification (for GC).
     fn list(&self) -> io::Result<Vec<BlobInfo>>;
+    /// When a blob was last stored or re-stored; `None` if absent.
+    fn modified(&self, id: &str) -> io::Result<Option<std::time::SystemTime>>;
 }
 
 /// A stored blob as [`BlobStore::list`] reports it.

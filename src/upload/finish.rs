@@ -25,7 +25,10 @@ impl Engine {
     /// part `until` when given.
     pub(super) async fn advance(self: &Arc<Self>, id: &str, until: Option<u32>) -> Result<()> {
         let slot = self.slot_or_load(id).await?;
-        let mut s = slot.lock().await;
+        if until.is_none() && *slot.closing.read().await {
+            return Ok(()); // finishing: only `complete`'s own fold runs
+        }
+        let mut s = slot.state.lock().await;
         if s.failed.is_some() && !s.stale {
             return Ok(());
         }
@@ -40,7 +43,11 @@ impl Engine {
                 return Ok(());
             }
             let compression = Compression::parse(&row.compression).unwrap_or(Compression::Zstd);
-            let out = self.dir_of(id).join("nar.zst");
+            // A file of its own per verifier: a reset never truncates a
+            // file an earlier verifier wrote.
+            let out = self
+                .dir_of(id)
+                .join(format!("nar-{}.zst", uuid::Uuid::now_v7().simple()));
             let level = self.cfg.zstd_level;
             tokio::task::spawn_blocking(move || {
                 Verifier::new(compression, row.nar_size, &out, level)
@@ -167,9 +174,9 @@ impl Engine {
                 narinfo_url: self.narinfo_url(&row).await?,
             }),
             UploadState::Failed => Err(Error::UploadFailed(row.error.unwrap_or_default())),
-            UploadState::Open | UploadState::Verifying => {
-                Err(Error::internal("upload finished in no final state"))
-            }
+            UploadState::Open | UploadState::Verifying => Err(Error::Unavailable(
+                "verification could not finish; call complete again".into(),
+            )),
         }
     }
 
@@ -192,15 +199,34 @@ impl Engine {
 
     /// The background half of `complete`: fold the tail, judge, publish.
     async fn finish(self: &Arc<Self>, id: &str, total: u32) -> Result<()> {
+        // Close the slot first: from here on no part may be replaced and no
+        // background fold may start (record_part and advance check this
+        // under the same lock).
+        let slot = self.slot_or_load(id).await?;
+        *slot.closing.write().await = true;
         let key = id.to_owned();
-        self.db
-            .call(move |c| uploads::set_state(c, &key, UploadState::Verifying, Some(total), None))
+        let claimed = self
+            .db
+            .call(move |c| uploads::claim_for_verifying(c, &key, total))
             .await?;
+        if !claimed {
+            return Ok(()); // already committed or failed by another finisher
+        }
         let verdict = self.verdict(id, total).await;
         let row = self.get(id).await?;
         let outcome = verdict.and_then(|v| judge(&row, v));
         match outcome {
             Ok(verdict) => self.publish(row, verdict, total).await,
+            Err(e) if !e.is_verdict() => {
+                // Not the client's fault (I/O, disk full): keep the parts,
+                // reopen, and let `complete` be called again.
+                let key = id.to_owned();
+                self.db
+                    .call(move |c| uploads::set_state(c, &key, UploadState::Open, None, None))
+                    .await?;
+                self.slots.lock().map_err(Error::internal)?.remove(id);
+                Err(e)
+            }
             Err(e) => {
                 let body = e.to_json();
                 let key = id.to_owned();
@@ -222,7 +248,7 @@ impl Engine {
     async fn verdict(self: &Arc<Self>, id: &str, total: u32) -> Result<Verdict> {
         self.advance(id, Some(total)).await?;
         let slot = self.slot_or_load(id).await?;
-        let mut s = slot.lock().await;
+        let mut s = slot.state.lock().await;
         if let Some(e) = s.failed.take() {
             return Err(e);
         }
@@ -414,14 +440,23 @@ fn publish_path(
 }
 
 /// Publishes a path for a NAR that is already stored (dedup by NarHash).
+/// `false` when that NAR is gone by now.
 pub async fn link(
     db: &Db,
     cache: &CacheRow,
     path: &StorePath,
     meta: &UploadMeta,
     nar: NarRow,
-) -> Result<()> {
+) -> Result<bool> {
     let (cache, path, meta) = (cache.clone(), path.clone(), meta.clone());
-    db.write(move |tx| publish_path(tx, &cache, &path, &meta, &nar))
-        .await
+    db.write(move |tx| {
+        // GC may have removed an unreferenced NAR since it was looked up:
+        // then there is nothing to link, and the caller uploads instead.
+        if nars::find_by_nar_hash(tx, &nar.nar_hash)?.as_ref() != Some(&nar) {
+            return Ok(false);
+        }
+        publish_path(tx, &cache, &path, &meta, &nar)?;
+        Ok(true)
+    })
+    .await
 }

@@ -120,7 +120,17 @@ struct Slot {
     failed: Option<Error>,
 }
 
-type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+/// An upload's verifier state and its gate.
+struct SlotCell {
+    state: tokio::sync::Mutex<Slot>,
+    /// `true` once `complete` starts finishing. Recording a part holds a
+    /// read lock across its rename and row; finishing takes the write lock
+    /// to close, so no part changes under a verdict, while parts still
+    /// land in parallel before that.
+    closing: tokio::sync::RwLock<bool>,
+}
+
+type SlotRef = Arc<SlotCell>;
 
 /// The upload engine. Cheap to share behind an `Arc`.
 pub struct Engine {
@@ -209,8 +219,9 @@ impl Engine {
         match existing {
             Some(None) => return Ok(Created::Committed),
             Some(Some(nar)) if nar.nar_size == new.nar_size => {
-                finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await?;
-                return Ok(Created::Committed);
+                if finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await? {
+                    return Ok(Created::Committed);
+                }
             }
             _ => {}
         }
@@ -298,7 +309,7 @@ impl Engine {
                     .call(move |c| uploads::upsert_part(c, &key, &part))
                     .await?;
                 let slot = self.slot_or_load(id).await?;
-                slot.lock().await.present.insert(next);
+                slot.state.lock().await.present.insert(next);
                 next += 1;
             }
             let dir = self.dir_of(id);
@@ -433,12 +444,15 @@ impl Engine {
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
         let mut slots = self.slots.lock().map_err(Error::internal)?;
         let slot = slots.entry(id.to_owned()).or_insert_with(|| {
-            Arc::new(tokio::sync::Mutex::new(Slot {
-                verifier: None,
-                present: parts.iter().map(|p| p.n).collect(),
-                stale: false,
-                failed: None,
-            }))
+            Arc::new(SlotCell {
+                state: tokio::sync::Mutex::new(Slot {
+                    verifier: None,
+                    present: parts.iter().map(|p| p.n).collect(),
+                    stale: false,
+                    failed: None,
+                }),
+                closing: tokio::sync::RwLock::new(false),
+            })
         });
         Ok(slot.clone())
     }

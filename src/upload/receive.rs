@@ -335,6 +335,17 @@ impl Engine {
             let _ = std::fs::remove_file(&file);
             return Ok(part);
         }
+        let slot = self.slot_or_load(id).await?;
+        // Hold the gate open across rename and row: `complete` cannot
+        // close the upload halfway through recording this part.
+        let gate = slot.closing.read().await;
+        if *gate {
+            let _ = std::fs::remove_file(&file);
+            return Err(Error::UploadClosed {
+                id: id.to_owned(),
+                state: UploadState::Verifying.as_str().to_owned(),
+            });
+        }
         let dest = self.part_path(id, n);
         let dir = self.dir_of(id);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -347,9 +358,8 @@ impl Engine {
         self.db
             .call(move |c| uploads::upsert_part(c, &key, &p))
             .await?;
-        let slot = self.slot_or_load(id).await?;
         {
-            let mut s = slot.lock().await;
+            let mut s = slot.state.lock().await;
             s.present.insert(n);
             let folded = s.verifier.as_ref().is_some_and(|v| v.next > n);
             if existing.is_some() && (folded || s.failed.is_some()) {
@@ -358,6 +368,7 @@ impl Engine {
                 s.stale = true;
             }
         }
+        drop(gate);
         let engine = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {

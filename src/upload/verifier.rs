@@ -252,6 +252,14 @@ impl Verifier {
             return Err(e);
         }
         let nar_size = sink.bytes;
+        if nar_size != sink.limit {
+            // Short of the declared size: a verdict, reported before the
+            // encoder (pledged to the declared size) could object.
+            return Err(Error::NarSizeMismatch {
+                expected: sink.limit,
+                actual: nar_size,
+            });
+        }
         let nar_hash = Sha256Hash(sink.sha.finalize().into());
         let listing = if nar_size == sink.limit {
             let listing = sink
