@@ -216,14 +216,15 @@ impl Engine {
                 Ok(nars::find_by_nar_hash(c, &nar_hash)?.map(Some))
             })
             .await?;
-        match existing {
+        let linkable = match existing {
             Some(None) => return Ok(Created::Committed),
-            Some(Some(nar)) if nar.nar_size == new.nar_size => {
-                if finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await? {
-                    return Ok(Created::Committed);
-                }
-            }
-            _ => {}
+            Some(Some(nar)) if nar.nar_size == new.nar_size => Some(nar),
+            _ => None,
+        };
+        if let Some(nar) = linkable
+            && finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await?
+        {
+            return Ok(Created::Committed);
         }
         let (id, expires_at) = self.open(cache.id, Some(new)).await?;
         Ok(Created::Upload { id, expires_at })
