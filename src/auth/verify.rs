@@ -46,6 +46,9 @@ pub struct Authorizer {
     decisions: Mutex<HashMap<(TokenId, Operation, String), Decision>>,
     /// Revoked block ids (hex).
     revoked: Mutex<Arc<HashSet<String>>>,
+    /// Bumped by every `set_revoked`: a decision worked out against an
+    /// older revoked set is not cached.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,12 +73,15 @@ impl Authorizer {
             tokens: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Arc::new(HashSet::new())),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Replaces the set of revoked block ids and forgets cached decisions.
     pub fn set_revoked(&self, ids: HashSet<String>) {
         *lock(&self.revoked) = Arc::new(ids);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.clear_cache();
     }
 
@@ -117,6 +123,7 @@ impl Authorizer {
             return d.result.clone();
         }
 
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let verified = self.verify(token, id)?;
         let now = SystemTime::now();
         let Ok(left) = verified.info.expires_at.duration_since(now) else {
@@ -135,7 +142,9 @@ impl Authorizer {
             }
             make_room(&mut decisions);
             let result = result.clone();
-            decisions.insert(key, Decision { result, until });
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                decisions.insert(key, Decision { result, until });
+            }
         }
         result
     }
