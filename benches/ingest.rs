@@ -152,6 +152,7 @@ fn main() {
     };
     let base = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    ferry::client::install_tls_provider();
     let (elapsed, commit_latency) = rt.block_on(async {
         let client = reqwest::Client::new();
         let auth = format!("Bearer {token}");
