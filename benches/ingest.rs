@@ -8,6 +8,8 @@
 //! Run: `cargo bench --bench ingest` (size: `FERRY_BENCH_MIB=1024`,
 //! parallel parts: `FERRY_BENCH_JOBS=2`).
 
+mod support;
+
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -119,38 +121,9 @@ fn main() {
     let sha = timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(&nar));
 
     // The server, as a separate process so its RSS is its own.
-    let data = work.path().join("data");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("FERRY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ferry serve");
-    let mut out = String::new();
-    let mut stdout = server.stdout.take().expect("stdout");
-    let token = loop {
-        let mut buf = [0u8; 4096];
-        let n = stdout.read(&mut buf).expect("read");
-        assert!(n > 0, "ferry serve printed no token");
-        out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(t) = out
-            .lines()
-            .skip_while(|l| !l.starts_with("Admin token"))
-            .nth(2)
-        {
-            break t.trim().to_owned();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    let server = support::Server::start(&work.path().join("data"));
+    let token = server.token.clone();
+    let base = server.url();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     ferry::client::install_tls_provider();
     let (elapsed, commit_latency) = rt.block_on(async {
@@ -234,9 +207,8 @@ fn main() {
         );
         (start.elapsed(), last_part.elapsed())
     });
-    let rss = peak_rss_kib(server.id());
-    let _ = server.kill();
-    let _ = server.wait();
+    let rss = peak_rss_kib(server.child.id());
+    drop(server);
 
     let ferry = mbps(zst_size, elapsed);
     let dd_rate = mbps(zst_size, dd);

@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench --bench reads` (`FERRY_BENCH_SECS=5` per load run).
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -128,39 +130,9 @@ fn main() {
     let (cold, cached) = token_costs();
 
     let work = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(work.path().join("data"))
-        .env("FERRY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ferry serve");
-    let mut out = String::new();
-    let mut stdout = server.stdout.take().expect("stdout");
-    let token = loop {
-        let mut buf = [0u8; 4096];
-        let n = stdout.read(&mut buf).expect("read");
-        assert!(n > 0, "no admin token printed");
-        out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(t) = out
-            .lines()
-            .skip_while(|l| !l.starts_with("Admin token"))
-            .nth(2)
-        {
-            break t.trim().to_owned();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    let server = support::Server::start(&work.path().join("data"));
+    let (port, token) = (server.port, server.token.clone());
+    let base = server.url();
     std::thread::sleep(Duration::from_millis(300));
     // One small NAR, published in a private and a public cache.
     let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
@@ -224,8 +196,7 @@ fn main() {
     let path = |c: &str| format!("/{c}/0000000000000000000000000000000b.narinfo");
     let private = load(port, &path("private"), Some(&token), secs);
     let public = load(port, &path("public"), None, secs);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     println!("token check (biscuit verify + authorize), per request:");
     println!("  cold (never seen)   : {cold:9.1} µs");
