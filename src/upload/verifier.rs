@@ -261,17 +261,13 @@ impl Verifier {
             });
         }
         let nar_hash = Sha256Hash(sink.sha.finalize().into());
-        let listing = if nar_size == sink.limit {
-            let listing = sink
-                .validator
-                .finish_listing()
-                .map_err(|e| Error::InvalidNar(e.to_string()))?;
-            match listing {
-                Some(l) => Some(zstd::encode_all(&l.to_json()[..], LISTING_ZSTD_LEVEL)?),
-                None => None,
-            }
-        } else {
-            None
+        let listing = match sink
+            .validator
+            .finish_listing()
+            .map_err(|e| Error::InvalidNar(e.to_string()))?
+        {
+            Some(l) => Some(zstd::encode_all(&l.to_json()[..], LISTING_ZSTD_LEVEL)?),
+            None => None,
         };
         let compressed = match (sink.encoder, self.out_path) {
             (Some(enc), Some(path)) => {
