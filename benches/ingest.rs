@@ -1,238 +1,182 @@
-//! Ingest benchmark: push one NAR (default 1 GiB of incompressible data)
-//! to a real `ferry serve` over loopback in 64 MiB zstd parts, and print
-//! beside it, from the same run and the same bytes: `dd conv=fsync` (the
-//! machine's durable-write limit, since every acknowledged part must be on
-//! disk), `openssl dgst -sha256` (the irreducible hashing work) and the
-//! server's peak RSS.
+//! Ingest benchmark: NARs of 1 and 4 GiB, incompressible (random) and
+//! compressible (text-like, about 3.4× with zstd), pushed in 64 MiB zstd
+//! parts through nginx (`client_max_body_size 100m`, the tunnel stand-in)
+//! to a real `ferry serve`, a fresh server per NAR.
 //!
-//! Run: `cargo bench --bench ingest` (size: `FERRY_BENCH_MIB=1024`,
-//! parallel parts: `FERRY_BENCH_JOBS=2`).
+//! Timed: from the first request of the push (create upload, then parts
+//! with `FERRY_BENCH_JOBS` in flight, then `complete`) to the answer
+//! "committed". The client compresses beforehand, as `ferry push` does
+//! (zstd level 3, one thread); that time is printed apart. Each figure sits
+//! beside a reference from the same run: `dd conv=fsync` of the same
+//! compressed bytes into the same directory (every acknowledged part must
+//! be on disk, so this is the ceiling; mean of a run before and after the
+//! push). Also printed: the commit latency after the last part, and the
+//! server's peak RSS (`VmHWM`) against a 256 MiB NAR of the same kind.
+//!
+//! Run: `cargo bench --bench ingest`. Knobs: `FERRY_BENCH_SIZES=1,4` (GiB,
+//! fractions allowed), `FERRY_BENCH_KINDS=random,text`,
+//! `FERRY_BENCH_JOBS=4`, `FERRY_BENCH_DIR` (default `target/tmp`),
+//! `FERRY_BENCH_PROXY=0` to push straight to ferry (to see nginx's share).
 
 mod support;
 
-use std::io::{BufWriter, Read, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use support::api::{Api, file_part};
+use support::nar::{self, Kind};
+use support::nginx::Nginx;
+use support::{Server, at_least, at_most, dd_fsync, mbps};
 
-const PART: usize = 64 * 1024 * 1024;
+/// The RSS reference size, MiB.
+const SMALL_MIB: u64 = 256;
 
-fn nar_string(w: &mut impl Write, s: &[u8]) -> std::io::Result<()> {
-    w.write_all(&(s.len() as u64).to_le_bytes())?;
-    w.write_all(s)?;
-    w.write_all(&[0u8; 8][..(8 - s.len() % 8) % 8])
+/// What one ingest measured.
+struct Ingest {
+    nar: nar::Made,
+    secs: f64,
+    dd_mbps: f64,
+    commit_ms: f64,
+    rss_mib: f64,
+    verify_mbps: f64,
 }
 
-/// Writes a NAR of one regular file of `size` random bytes; returns its
-/// SHA-256 (nix32 form) and size.
-fn make_nar(path: &Path, size: u64) -> (String, u64) {
-    use sha2::Digest;
-    let mut out = BufWriter::new(std::fs::File::create(path).expect("create nar"));
-    let mut sha = sha2::Sha256::new();
-    let mut header = vec![];
-    for s in ["nix-archive-1", "(", "type", "regular", "contents"] {
-        nar_string(&mut header, s.as_bytes()).expect("header");
+fn ingest(rt: &tokio::runtime::Runtime, kind: Kind, mib: u64, jobs: usize, seed: u64) -> Ingest {
+    let work = support::work_dir();
+    let zst = work.path().join("nar.zst");
+    eprintln!("preparing a {mib} MiB {} NAR …", kind.name());
+    let made = nar::to_file(&zst, kind, mib << 20, seed);
+    let dd_before = dd_fsync(&zst, work.path());
+    let data = work.path().join("data");
+    let server = Server::start(&data);
+    let proxy = support::env_num("FERRY_BENCH_PROXY", 1) == 1;
+    let proxy = proxy.then(|| Nginx::proxy(server.port));
+    let url = proxy.as_ref().map_or_else(|| server.url(), Nginx::url);
+    let api = Api::new(&url, &server.token);
+    let (pushed, verify_mbps) = rt.block_on(async {
+        api.create_cache("bench", false).await;
+        let path = nar::store_path(seed, 0, "bench");
+        let pushed = api
+            .push("bench", &path, &made, jobs, |n| file_part(&zst, n))
+            .await;
+        assert!(!pushed.linked);
+        let bytes = api.metric("ferry_verified_bytes_total").await;
+        let secs = api.metric("ferry_verify_seconds_total").await;
+        (pushed, bytes / 1e6 / secs)
+    });
+    let rss_mib = server.peak_rss_mib();
+    drop(proxy);
+    drop(server);
+    std::fs::remove_dir_all(&data).ok();
+    let dd_after = dd_fsync(&zst, work.path());
+    Ingest {
+        secs: pushed.total.as_secs_f64(),
+        dd_mbps: (dd_before + dd_after) / 2.0,
+        commit_ms: pushed.commit.as_secs_f64() * 1e3,
+        rss_mib,
+        verify_mbps,
+        nar: made,
     }
-    header.extend_from_slice(&size.to_le_bytes());
-    let mut total = header.len() as u64;
-    sha.update(&header);
-    out.write_all(&header).expect("write");
-    let mut urandom = std::fs::File::open("/dev/urandom").expect("urandom");
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        urandom.read_exact(&mut buf[..n]).expect("urandom");
-        sha.update(&buf[..n]);
-        out.write_all(&buf[..n]).expect("write");
-        left -= n as u64;
+}
+
+fn report(kind: Kind, mib: u64, r: &Ingest) {
+    let n = &r.nar;
+    let zst_rate = n.zst_size as f64 / 1e6 / r.secs;
+    let nar_rate = n.nar_size as f64 / 1e6 / r.secs;
+    let ratio = zst_rate / r.dd_mbps;
+    println!(
+        "{} {}: NAR {:.1} MB, {:.1} MB as zstd ({:.2}×)",
+        kind.name(),
+        size_name(mib),
+        n.nar_size as f64 / 1e6,
+        n.zst_size as f64 / 1e6,
+        n.nar_size as f64 / n.zst_size as f64
+    );
+    println!(
+        "  ferry/dd               {ratio:8.2}      {}  (ferry {zst_rate:.1} MB/s of zstd = {nar_rate:.1} MB/s of NAR, {:.2} s; dd {:.1} MB/s)",
+        at_least(ratio, 0.8, "0.8"),
+        r.secs,
+        r.dd_mbps
+    );
+    println!(
+        "  commit after last part {:8.0} ms   {}",
+        r.commit_ms,
+        at_most(r.commit_ms, 1000.0, "1 s")
+    );
+    println!("  server peak RSS        {:8.1} MiB", r.rss_mib);
+    println!(
+        "  server verifier        {:8.1} MB/s of zstd bytes (its busy time, from /metrics)",
+        r.verify_mbps
+    );
+    println!(
+        "  client zstd -3, 1 thread {:6.1} MB/s of NAR (done before the push, not timed)",
+        mbps(n.nar_size, n.zstd_time)
+    );
+}
+
+fn size_name(mib: u64) -> String {
+    if mib.is_multiple_of(1024) {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{mib} MiB")
     }
-    let mut tail = vec![0u8; ((8 - size % 8) % 8) as usize];
-    nar_string(&mut tail, b")").expect("tail");
-    sha.update(&tail);
-    out.write_all(&tail).expect("write");
-    total += size + tail.len() as u64;
-    out.flush().expect("flush");
-    let digest: [u8; 32] = sha.finalize().into();
-    (ferry::nar::Sha256Hash(digest).to_string(), total)
-}
-
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn timed(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let st = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run");
-    assert!(st.success(), "{cmd:?} failed");
-    t.elapsed()
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {
-    let mib: u64 = std::env::var("FERRY_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let jobs: usize = std::env::var("FERRY_BENCH_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let work =
-        tempfile::tempdir_in(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-            .expect("tempdir");
-    let nar = work.path().join("bench.nar");
-    let zst = work.path().join("bench.nar.zst");
-    eprintln!("preparing a {mib} MiB NAR …");
-    let (nar_hash, nar_size) = make_nar(&nar, mib << 20);
-    assert!(
-        Command::new("zstd")
-            .args(["-q", "-1", "-T0", "-f"])
-            .arg(&nar)
-            .arg("-o")
-            .arg(&zst)
-            .status()
-            .expect("zstd")
-            .success()
-    );
-    let zst_size = std::fs::metadata(&zst).expect("zst").len();
-
-    // References measured on the same bytes.
-    let dd = timed(
-        Command::new("dd")
-            .arg(format!("if={}", zst.display()))
-            .arg(format!("of={}", work.path().join("dd.out").display()))
-            .args(["bs=64M", "conv=fsync"]),
-    );
-    std::fs::remove_file(work.path().join("dd.out")).ok();
-    let sha = timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(&nar));
-
-    // The server, as a separate process so its RSS is its own.
-    let server = support::Server::start(&work.path().join("data"));
-    let token = server.token.clone();
-    let base = server.url();
+    let sizes: Vec<u64> = support::env_list("FERRY_BENCH_SIZES", &[1.0, 4.0])
+        .into_iter()
+        .map(|g| (g * 1024.0).round() as u64)
+        .filter(|&m| m > 0)
+        .collect();
+    let kinds: Vec<Kind> = std::env::var("FERRY_BENCH_KINDS")
+        .unwrap_or_else(|_| "random,text".into())
+        .split(',')
+        .filter_map(|k| match k.trim() {
+            "random" => Some(Kind::Random),
+            "text" => Some(Kind::Text),
+            _ => None,
+        })
+        .collect();
+    let jobs: usize = support::env_num("FERRY_BENCH_JOBS", 4);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    ferry::client::install_tls_provider();
-    let (elapsed, commit_latency) = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let auth = format!("Bearer {token}");
-        for _ in 0..100 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
+    println!(
+        "ingest through nginx (client_max_body_size 100m) into ferry serve, loopback, \
+         64 MiB zstd parts, {jobs} in flight"
+    );
+    println!(
+        "timed: first request of the push -> `complete` answers committed; \
+         reference: dd conv=fsync of the same zstd bytes (mean of a run before and after)"
+    );
+    let mut rss = vec![];
+    let mut seed = 1;
+    for &kind in &kinds {
+        let mut all = sizes.clone();
+        all.push(SMALL_MIB);
+        all.sort();
+        all.dedup();
+        let mut peaks = vec![];
+        for mib in all {
+            seed += 1;
+            let r = ingest(&rt, kind, mib, jobs, seed);
+            if sizes.contains(&mib) {
+                report(kind, mib, &r);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let parts = r.nar.zst_size.div_ceil(support::api::PART as u64);
+            peaks.push((mib, r.rss_mib, parts));
         }
-        let r = client
-            .post(format!("{base}/_api/v1/caches"))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({"name": "bench"}))
-            .send()
-            .await
-            .expect("create cache");
-        assert!(r.status().is_success(), "create cache: {}", r.status());
-        let r: serde_json::Value = client
-            .post(format!("{base}/_api/v1/caches/bench/uploads"))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({
-                "store_path": "/nix/store/00000000000000000000000000000000-bench",
-                "nar_hash": nar_hash, "nar_size": nar_size, "compression": "zstd"
-            }))
-            .send()
-            .await
-            .expect("create upload")
-            .json()
-            .await
-            .expect("json");
-        let url = format!("{base}{}", r["upload_url"].as_str().expect("upload_url"));
-        let parts = zst_size.div_ceil(PART as u64) as usize;
-        let start = Instant::now();
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
-        let mut tasks = vec![];
-        for n in 0..parts {
-            let permit = sem.clone().acquire_owned().await.expect("sem");
-            let mut f = std::fs::File::open(&zst).expect("open");
-            let mut buf = vec![0u8; PART];
-            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start((n * PART) as u64)).expect("seek");
-            let mut got = 0;
-            while got < PART {
-                let k = f.read(&mut buf[got..]).expect("read");
-                if k == 0 {
-                    break;
-                }
-                got += k;
-            }
-            buf.truncate(got);
-            let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
-            tasks.push(tokio::spawn(async move {
-                let r = client
-                    .put(format!("{url}/parts/{}", n + 1))
-                    .header("authorization", auth)
-                    .body(buf)
-                    .send()
-                    .await
-                    .expect("part");
-                assert!(r.status().is_success(), "part {}: {}", n + 1, r.status());
-                drop(permit);
-            }));
+        rss.push((kind, peaks));
+    }
+    println!("server peak RSS (VmHWM, fresh server per NAR), largest NAR vs {SMALL_MIB} MiB:");
+    for (kind, peaks) in rss {
+        let small = peaks.iter().find(|p| p.0 == SMALL_MIB).copied();
+        let (big_mib, big, big_parts) = *peaks.last().expect("a size");
+        if let Some((_, small, small_parts)) = small.filter(|_| big_mib > SMALL_MIB) {
+            println!(
+                "  {:9} {:5.2}   {}; {}  ({big:.1} MiB at {}, {big_parts} parts, vs \
+                 {small:.1} MiB at {SMALL_MIB} MiB, {small_parts} parts)",
+                kind.name(),
+                big / small,
+                at_most(big / small, 1.2, "1.2"),
+                at_most(big, 128.0, "128 MiB"),
+                size_name(big_mib)
+            );
         }
-        for t in tasks {
-            t.await.expect("task");
-        }
-        let last_part = Instant::now();
-        let r = client
-            .post(format!("{url}/complete"))
-            .header("authorization", &auth)
-            .json(&serde_json::json!({"parts": parts}))
-            .send()
-            .await
-            .expect("complete");
-        assert_eq!(
-            r.status().as_u16(),
-            200,
-            "complete: {}",
-            r.text().await.unwrap_or_default()
-        );
-        (start.elapsed(), last_part.elapsed())
-    });
-    let rss = peak_rss_kib(server.child.id());
-    drop(server);
-
-    let ferry = mbps(zst_size, elapsed);
-    let dd_rate = mbps(zst_size, dd);
-    println!(
-        "ingest of a {mib} MiB NAR ({zst_size} bytes as zstd) in 64 MiB parts, {jobs} in flight, loopback"
-    );
-    println!(
-        "  ferry, first byte to committed : {ferry:8.1} MB/s  ({:.2} s)",
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "  dd conv=fsync, same bytes      : {dd_rate:8.1} MB/s  -> ferry/dd = {:.2}",
-        ferry / dd_rate
-    );
-    println!(
-        "  openssl dgst -sha256 of the NAR: {:8.1} MB/s",
-        mbps(nar_size, sha)
-    );
-    println!(
-        "  commit latency after last part : {:8.0} ms",
-        commit_latency.as_secs_f64() * 1e3
-    );
-    println!(
-        "  server peak RSS                : {:8.1} MiB",
-        rss as f64 / 1024.0
-    );
+    }
 }

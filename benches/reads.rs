@@ -6,20 +6,23 @@
 //! with 64 keep-alive connections for a private cache with a token and for
 //! a public cache without one (goal: within 10 %); and, when nginx is
 //! installed, nginx serving the same narinfo text as a static file
-//! (sendfile off) as the reference.
+//! (sendfile off) as the reference. Then NAR downloads: a NAR of
+//! `FERRY_BENCH_NAR_MIB` (default 1024) random bytes published in the
+//! public cache, fetched again and again as `.nar.zst` over 1 and over 16
+//! keep-alive connections, against nginx serving the same file (sendfile
+//! off; goal: ferry ≥ 0.8 of nginx).
 //!
-//! Run: `cargo bench --bench reads` (`FERRY_BENCH_SECS=5` per load run).
+//! Run: `cargo bench --bench reads` (`FERRY_BENCH_SECS=5` per load run,
+//! `FERRY_BENCH_NAR_MIB=256` for a quick run).
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ferry::auth::{self, Authorizer, Operation, RootKey, TokenSpec};
+use support::api::{Api, file_part};
+use support::nginx::{self, Nginx};
+use support::{at_least, load, nar};
 
 const CONNECTIONS: usize = 64;
 
@@ -52,151 +55,60 @@ fn token_costs() -> (f64, f64) {
     (cold, cached)
 }
 
-/// Sends keep-alive GETs on `CONNECTIONS` connections for `secs`; returns
-/// requests per second. Every answer must be 200.
-fn load(port: u16, path: &str, auth: Option<&str>, secs: u64) -> f64 {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-    if let Some(t) = auth {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    let req = Arc::new(req.into_bytes());
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let (req, stop, count) = (req.clone(), stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                s.set_nodelay(true).ok();
-                let mut buf = vec![0u8; 64 * 1024];
-                while !stop.load(Ordering::Relaxed) {
-                    s.write_all(&req).expect("write");
-                    let mut have = 0;
-                    loop {
-                        let n = s.read(&mut buf[have..]).expect("read");
-                        assert!(n > 0, "connection closed");
-                        have += n;
-                        let text = &buf[..have];
-                        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&text[..end]).to_ascii_lowercase();
-                            assert!(head.starts_with("http/1.1 200"), "{head}");
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if have >= end + 4 + len {
-                                break;
-                            }
-                        }
-                    }
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().expect("load thread");
-    }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+/// A cache with one store path published: its narinfo path on the server.
+struct Published {
+    narinfo: String,
+    nar_url: String,
 }
 
-fn curl_json(method: &str, url: &str, token: &str, body: &str) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            method,
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-d",
-            body,
-            url,
-        ])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+/// Pushes the NAR (zstd bytes in `part(n)`) as a fresh path of `cache`.
+fn publish<F: FnMut(usize) -> Vec<u8>>(
+    rt: &tokio::runtime::Runtime,
+    api: &Api,
+    cache: &str,
+    tag: u64,
+    made: &nar::Made,
+    part: F,
+) -> Published {
+    let path = nar::store_path(tag, 0, "bench");
+    let hash = &path["/nix/store/".len()..][..32];
+    rt.block_on(async {
+        api.push(cache, &path, made, 4, part).await;
+        let narinfo = format!("/{cache}/{hash}.narinfo");
+        let text = api.get_text(&narinfo).await;
+        let url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .expect("narinfo URL");
+        Published {
+            nar_url: format!("/{cache}/{url}"),
+            narinfo,
+        }
+    })
 }
 
 fn main() {
-    let secs: u64 = std::env::var("FERRY_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let secs: f64 = support::env_num("FERRY_BENCH_SECS", 5.0);
+    let nar_mib: u64 = support::env_num("FERRY_BENCH_NAR_MIB", 1024);
     let (cold, cached) = token_costs();
 
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = support::work_dir();
     let server = support::Server::start(&work.path().join("data"));
     let (port, token) = (server.port, server.token.clone());
-    let base = server.url();
-    std::thread::sleep(Duration::from_millis(300));
+    let api = Api::new(&server.url(), &token);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
     // One small NAR, published in a private and a public cache.
-    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
-        executable: false,
-        contents: b"bench".to_vec(),
-    });
-    let hash = ferry::nar::Sha256Hash::digest(&nar).to_string();
-    let store_path = "/nix/store/0000000000000000000000000000000b-bench";
+    let (small, bytes) = nar::to_vec(nar::Kind::Text, 100, 1);
     let mut narinfo_text = String::new();
+    let mut paths = vec![];
     for (cache, public) in [("private", false), ("public", true)] {
-        curl_json(
-            "POST",
-            &format!("{base}/_api/v1/caches"),
-            &token,
-            &format!(r#"{{"name":"{cache}","public":{public}}}"#),
-        );
-        let up = curl_json(
-            "POST",
-            &format!("{base}/_api/v1/caches/{cache}/uploads"),
-            &token,
-            &serde_json::json!({"store_path": store_path, "nar_hash": hash, "nar_size": nar.len()})
-                .to_string(),
-        );
-        if let Some(url) = up["upload_url"].as_str() {
-            let file = work.path().join("nar");
-            std::fs::write(&file, &nar).expect("write nar");
-            let st = Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-H",
-                    &format!("Authorization: Bearer {token}"),
-                    "-T",
-                ])
-                .arg(&file)
-                .arg(format!("{base}{url}/parts/1"))
-                .status()
-                .expect("curl");
-            assert!(st.success());
-            let done = curl_json(
-                "POST",
-                &format!("{base}{url}/complete"),
-                &token,
-                r#"{"parts":1}"#,
-            );
-            assert_eq!(done["state"], "committed", "{done}");
-        }
-        narinfo_text = String::from_utf8(
-            Command::new("curl")
-                .args(["-sS", "-H", &format!("Authorization: Bearer {token}")])
-                .arg(format!(
-                    "{base}/{cache}/0000000000000000000000000000000b.narinfo"
-                ))
-                .output()
-                .expect("curl")
-                .stdout,
-        )
-        .expect("utf8");
+        rt.block_on(api.create_cache(cache, public));
+        let p = publish(&rt, &api, cache, 1, &small, |_| bytes.clone());
+        narinfo_text = rt.block_on(api.get_text(&p.narinfo));
+        paths.push(p.narinfo);
     }
-    let path = |c: &str| format!("/{c}/0000000000000000000000000000000b.narinfo");
-    let private = load(port, &path("private"), Some(&token), secs);
-    let public = load(port, &path("public"), None, secs);
-    drop(server);
+    let private = load::requests(port, &paths[0], Some(&token), CONNECTIONS, secs);
+    let public = load::requests(port, &paths[1], None, CONNECTIONS, secs);
 
     println!("token check (biscuit verify + authorize), per request:");
     println!("  cold (never seen)   : {cold:9.1} µs");
@@ -210,51 +122,49 @@ fn main() {
         "  private, with token : {private:9.0} req/s  -> private/public = {:.2}",
         private / public
     );
-    match nginx_reference(&narinfo_text, secs) {
-        Some(n) => println!(
-            "  nginx static file   : {n:9.0} req/s  -> ferry public/nginx = {:.2}",
-            public / n
-        ),
-        None => println!("  nginx static file   : nginx not installed (run .ci/run)"),
-    }
-}
-
-/// nginx serving the narinfo text as a static file, sendfile off.
-fn nginx_reference(text: &str, secs: u64) -> Option<f64> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let dir = tempfile::tempdir().ok()?;
-    let root = dir.path().join("root/c");
-    std::fs::create_dir_all(&root).ok()?;
-    std::fs::write(root.join("x.narinfo"), text).ok()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let conf = format!(
-        "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; sendfile off; keepalive_requests 1000000;\n\
-           client_body_temp_path {d}/cb; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-           server {{ listen 127.0.0.1:{port}; root {d}/root; }} }}\n",
-        d = dir.path().display()
+    let Some(_) = nginx::binary() else {
+        println!("  nginx static file   : nginx not installed (run .ci/run)");
+        return;
+    };
+    let root = work.path().join("root");
+    std::fs::create_dir_all(root.join("c")).expect("root");
+    std::fs::write(root.join("c/x.narinfo"), &narinfo_text).expect("narinfo");
+    let files = Nginx::files(&root);
+    let n = load::requests(files.port, "/c/x.narinfo", None, CONNECTIONS, secs);
+    println!(
+        "  nginx static file   : {n:9.0} req/s  -> ferry public/nginx = {:.2}",
+        public / n
     );
-    std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
-    let mut child = Command::new(nginx)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let rate = load(port, "/c/x.narinfo", None, secs);
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
-    Some(rate)
+
+    // NAR downloads: one NAR in the public cache, and the same file in
+    // nginx's root.
+    let zst = root.join("c/nar.zst");
+    eprintln!("preparing a {nar_mib} MiB NAR …");
+    let made = nar::to_file(&zst, nar::Kind::Random, nar_mib << 20, 2);
+    let big = publish(&rt, &api, "public", 2, &made, |n| file_part(&zst, n));
+    let served = rt.block_on(api.get_sha256(&big.nar_url));
+    let stored = {
+        use sha2::Digest;
+        let mut f = std::fs::File::open(&zst).expect("nar.zst");
+        let mut sha = sha2::Sha256::new();
+        std::io::copy(&mut f, &mut sha).expect("hash");
+        <[u8; 32]>::from(sha.finalize())
+    };
+    assert_eq!(served, stored, "ferry served other bytes than were pushed");
+    println!(
+        "NAR GETs (.nar.zst, {:.1} MB, public cache), {secs} s each, against nginx serving the same file (sendfile off):",
+        made.zst_size as f64 / 1e6
+    );
+    for conns in [1, 16] {
+        let ferry = load::download(port, &big.nar_url, conns, secs) / 1e6;
+        let nginx = load::download(files.port, "/c/nar.zst", conns, secs) / 1e6;
+        let ratio = ferry / nginx;
+        println!(
+            "  {conns:2} connection{} : ferry/nginx = {ratio:.2}  {}  (ferry {ferry:.0} MB/s, nginx {nginx:.0} MB/s)",
+            if conns == 1 { " " } else { "s" },
+            at_least(ratio, 0.8, "0.8")
+        );
+    }
+    drop(files);
+    drop(server);
 }

@@ -103,6 +103,7 @@ print(json.dumps(out))
         "ferry_part_size_bytes_bucket",
         "ferry_verified_bytes_total",
         "ferry_verify_seconds_total",
+        "ferry_db_busy_total",
     ] {
         assert!(parsed.get(name).is_some(), "{name} missing: {parsed}");
     }

@@ -4,8 +4,10 @@
 //! row survives a power cut, which is what a `200` for a part promises.
 //! rusqlite is blocking: every call runs on tokio's blocking pool through
 //! [`Db::call`], never on an async worker. Writers open their transactions
-//! with `BEGIN IMMEDIATE` so two writers queue on the busy timeout instead
-//! of failing with `SQLITE_BUSY` on lock upgrade.
+//! with `BEGIN IMMEDIATE` so two writers queue on the busy handler instead
+//! of failing with `SQLITE_BUSY` on lock upgrade. The busy handler waits as
+//! SQLite's own `busy_timeout` (30 s) would, and counts each wait
+//! ([`busy_waits`], exported as `ferry_db_busy_total`).
 //!
 //! Migrations are the files of `schema/`, compiled in and applied in order;
 //! `PRAGMA user_version` records how many have run.
@@ -18,6 +20,7 @@ pub mod tus;
 pub mod uploads;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -54,6 +57,47 @@ struct Inner {
     path: PathBuf,
 }
 
+/// How long a statement waits for a lock before it fails with `SQLITE_BUSY`.
+const BUSY_TIMEOUT_MS: u64 = 30_000;
+
+/// Times any connection found the database locked and had to wait.
+static BUSY_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, since the process started, a database call found
+/// SQLite locked by another connection and waited (once per wait, however
+/// long). Process-wide: every [`Db`] in the process adds to it.
+pub fn busy_waits() -> u64 {
+    BUSY_WAITS.load(Ordering::Relaxed)
+}
+
+/// The sleep before retry `count` of one locking event and the sleep
+/// already done, in ms: SQLite's own `busy_timeout` schedule.
+fn busy_delay(count: u64) -> (u64, u64) {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    const TOTALS: [u64; 12] = [0, 1, 3, 8, 18, 33, 53, 78, 103, 128, 178, 228];
+    match DELAYS.get(count as usize) {
+        Some(&d) => (d, TOTALS[count as usize]),
+        None => (100, 228 + 100 * (count - 11)),
+    }
+}
+
+/// The busy handler: counts the wait, then sleeps and retries like
+/// `busy_timeout(BUSY_TIMEOUT_MS)`; `false` (give up with `SQLITE_BUSY`)
+/// once that much time has been slept.
+fn on_busy(count: i32) -> bool {
+    let count = u64::try_from(count).unwrap_or(0);
+    if count == 0 {
+        BUSY_WAITS.fetch_add(1, Ordering::Relaxed);
+    }
+    let (delay, prior) = busy_delay(count);
+    let delay = delay.min(BUSY_TIMEOUT_MS.saturating_sub(prior));
+    if delay == 0 {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(delay));
+    true
+}
+
 /// Current Unix time in seconds.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -63,13 +107,13 @@ pub fn now() -> i64 {
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.busy_handler(Some(on_busy))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -195,5 +239,39 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn busy_handler_counts_waits_and_gives_up_after_the_timeout() {
+        assert_eq!(busy_delay(0), (1, 0));
+        assert_eq!(busy_delay(11), (100, 228));
+        assert_eq!(busy_delay(12), (100, 328));
+        // 30 s of sleep in all, as `busy_timeout(30 s)`.
+        let slept: u64 = (0..)
+            .map(busy_delay)
+            .map(|(d, prior)| d.min(BUSY_TIMEOUT_MS.saturating_sub(prior)))
+            .take_while(|&d| d > 0)
+            .sum();
+        assert_eq!(slept, BUSY_TIMEOUT_MS);
+
+        // A writer holding the lock makes another connection wait, counted.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path).unwrap();
+        let mut holder = open_conn(&path).unwrap();
+        let tx = holder
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let before = busy_waits();
+        let waiter = std::thread::spawn(move || {
+            db.call_blocking(|c| {
+                c.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+                Ok(())
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tx.commit().unwrap();
+        waiter.join().unwrap().unwrap();
+        assert!(busy_waits() > before);
     }
 }

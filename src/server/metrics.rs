@@ -2,8 +2,9 @@
 //!
 //! Counters live in memory ([`Metrics`]) and are bumped by a middleware
 //! (requests by route pattern and status, bytes in and out), by the part
-//! handler and by the garbage collector; gauges (uploads by state, store
-//! size per cache) are read from SQLite when scraped.
+//! handler and by the garbage collector; `ferry_db_busy_total` is the
+//! database layer's process-wide count of lock waits; gauges (uploads by
+//! state, store size per cache) are read from SQLite when scraped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -124,6 +125,12 @@ pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse> {
         "ferry_gc_bytes_freed_total",
         "Blob bytes freed by garbage collection.",
         m.gc_bytes_freed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "ferry_db_busy_total",
+        "Times a database call found SQLite locked (SQLITE_BUSY) and waited for the lock.",
+        crate::db::busy_waits(),
     );
     let parts = m.parts.load(Ordering::Relaxed);
     out.push_str("# HELP ferry_part_size_bytes Sizes of upload parts stored.\n");

@@ -10,6 +10,11 @@ mod handlers;
 pub mod metrics;
 pub(crate) mod stream;
 
+/// The `Range` header parser, public for the fuzz targets and their
+/// regression test (`fuzz/`, `tests/fuzz_regressions.rs`).
+#[doc(hidden)]
+pub use handlers::nar::parse_range;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
@@ -135,19 +135,22 @@ where
         extra: Extra::new(extra),
     });
     let mut size = 0u64;
-    let mut batch = BytesMut::with_capacity(BATCH);
-    let flush = |sink: &mut Option<Sink>, data: Bytes| {
+    // One batch buffer, handed to the blocking write and back, reused for
+    // the whole part: a fresh 1 MiB buffer per batch made glibc's heap
+    // (once its mmap threshold adapts) grow with the bytes received.
+    let mut batch = Vec::with_capacity(BATCH);
+    let flush = |sink: &mut Option<Sink>, data: Vec<u8>| {
         let mut s = sink.take();
         async move {
-            let s = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Sink>> {
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Option<Sink>, Vec<u8>)> {
                 if let Some(s) = &mut s {
                     s.put(&data)?;
                 }
-                Ok(s)
+                Ok((s, data))
             })
             .await
-            .map_err(Error::internal)??;
-            Ok::<_, Error>(s)
+            .map_err(Error::internal)?
+            .map_err(Error::from)
         }
     };
     let mut broke = None;
@@ -165,15 +168,17 @@ where
         if size > limit {
             return Err(Error::PartTooLarge { size, limit });
         }
-        batch.extend_from_slice(&chunk);
-        if batch.len() >= BATCH {
-            let data = batch.split().freeze();
-            sink = flush(&mut sink, data).await?;
+        // Written before it would overflow, so the buffer keeps its size.
+        if !batch.is_empty() && batch.len() + chunk.len() > BATCH {
+            let (s, mut data) = flush(&mut sink, std::mem::take(&mut batch)).await?;
+            sink = s;
+            data.clear();
+            batch = data;
         }
+        batch.extend_from_slice(&chunk);
     }
     if !batch.is_empty() {
-        let data = batch.split().freeze();
-        sink = flush(&mut sink, data).await?;
+        sink = flush(&mut sink, batch).await?.0;
     }
     let sink = sink.ok_or_else(|| Error::internal("sink lost"))?;
     let received = tokio::task::spawn_blocking(move || -> Result<Received> {

@@ -149,6 +149,8 @@ pub struct Verifier {
     file_bytes: u64,
     pipeline: Pipeline,
     out_path: Option<PathBuf>,
+    /// The read buffer, kept from part to part (one allocation per upload).
+    buf: Vec<u8>,
 }
 
 fn sink_error(sink: &mut NarSink, e: io::Error) -> Error {
@@ -200,19 +202,25 @@ impl Verifier {
             file_bytes: 0,
             pipeline,
             out_path,
+            buf: vec![0u8; 1 << 20],
         })
     }
 
     /// Folds the next part's bytes, read from `part`.
     pub fn fold(&mut self, mut part: impl Read) -> Result<()> {
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = part.read(&mut buf)?;
-            if n == 0 {
-                break;
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = loop {
+            let n = match part.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(e.into()),
+            };
+            if let Err(e) = self.feed(&buf[..n]) {
+                break Err(e);
             }
-            self.feed(&buf[..n])?;
-        }
+        };
+        self.buf = buf;
+        res?;
         self.next += 1;
         Ok(())
     }

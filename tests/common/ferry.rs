@@ -167,6 +167,11 @@ impl ServerProcess {
         }
     }
 
+    /// The server's process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flushing.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

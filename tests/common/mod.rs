@@ -17,15 +17,19 @@
 //! [`nix`] (building closures, path info, NAR dumps, keys, copying),
 //! [`fs`] (tree comparison), [`nginx`] (reverse proxy / static server with a
 //! parsed access log), [`http`] (curl wrapper returning status, headers and
-//! body), [`upstream`] (a tiny HTTP sink server).
+//! body), [`upstream`] (a tiny HTTP sink server), [`client`] (the `ferry`
+//! client binary with a home of its own), [`served`] (a path's narinfo and
+//! NAR as served, checked against the local store).
 #![allow(dead_code, unused_imports)]
 
+pub mod client;
 pub mod ferry;
 pub mod flaky;
 pub mod fs;
 pub mod http;
 pub mod nginx;
 pub mod nix;
+pub mod served;
 pub mod tools;
 pub mod upstream;
 

@@ -148,10 +148,9 @@ impl Parser {
             let taken = match &mut self.lex {
                 Lex::Len { buf, have } => {
                     if self.expect == Expect::Done {
-                        return Err(self.error(format!(
-                            "{} bytes of trailing data follow the end of the archive",
-                            data.len()
-                        )));
+                        // No byte count: only this slice is known, and the
+                        // verdict must not depend on how the stream is cut.
+                        return Err(self.error("trailing data follows the end of the archive"));
                     }
                     let take = (8 - *have).min(data.len());
                     buf[*have..*have + take].copy_from_slice(&data[..take]);
@@ -190,7 +189,9 @@ impl Parser {
                     let take = (*remaining).min(data.len());
                     *remaining -= take;
                     let done = *remaining == 0;
-                    if data[..take].iter().any(|&b| b != 0) {
+                    if let Some(bad) = data[..take].iter().position(|&b| b != 0) {
+                        // Report the bad byte itself, wherever the slice began.
+                        self.pos += bad as u64;
                         return Err(self.error("string padding is not all zero bytes"));
                     }
                     self.pos += take as u64;

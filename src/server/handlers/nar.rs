@@ -42,7 +42,7 @@ pub fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>> {
     let bad = || Error::RangeNotSatisfiable { size };
     let (start, end) = if a.is_empty() {
         let n: u64 = b.parse().map_err(|_| bad())?;
-        if n == 0 {
+        if n == 0 || size == 0 {
             return Err(bad());
         }
         (size.saturating_sub(n), size - 1)
@@ -146,5 +146,6 @@ mod tests {
         assert!(parse_range("bytes=100-", 100).is_err());
         assert!(parse_range("bytes=5-2", 100).is_err());
         assert!(parse_range("bytes=x-2", 100).is_err());
+        assert!(parse_range("bytes=-5", 0).is_err());
     }
 }

@@ -1,0 +1,100 @@
+//! nginx for the benchmarks: as the reverse proxy a deployment puts in
+//! front of ferry (the Cloudflare Tunnel stand-in: `client_max_body_size
+//! 100m`, bodies streamed through unbuffered), or as the static file server
+//! that read figures are compared with (`sendfile off`, so it copies
+//! through user space as ferry does).
+//!
+//! Two worker processes (one per core of the development machine), no
+//! access log, every path inside a temp dir. Stopped with SIGTERM to the
+//! master (which takes its workers along) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running nginx.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The nginx binary, when installed.
+pub fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl Nginx {
+    /// A reverse proxy to ferry on `upstream` (a port on 127.0.0.1).
+    pub fn proxy(upstream: u16) -> Nginx {
+        Nginx::launch(&format!(
+            "  upstream ferry {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n\
+             \x20 server {{ listen 127.0.0.1:{{port}}; client_max_body_size 100m;\n\
+             \x20   location / {{ proxy_pass http://ferry; proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\"; proxy_set_header Host $http_host;\n\
+             \x20     proxy_request_buffering off; proxy_buffering off;\n\
+             \x20     proxy_read_timeout 300s; proxy_send_timeout 300s; }} }}\n"
+        ))
+    }
+
+    /// A static file server for `root`.
+    pub fn files(root: &Path) -> Nginx {
+        Nginx::launch(&format!(
+            "  server {{ listen 127.0.0.1:{{port}}; root {}; }}\n",
+            root.display()
+        ))
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(servers: &str) -> Nginx {
+        let nginx = binary().expect("nginx is not installed (run .ci/run, it installs it)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = super::free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile off; keepalive_requests 1000000;\n\
+             \x20 default_type application/octet-stream;\n\
+             \x20 client_body_temp_path {d}/cb; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+             \x20 uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             {}}}\n",
+            servers.replace("{port}", &port.to_string())
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        super::wait_listening(port);
+        Nginx { port, child, dir }
+    }
+
+    /// nginx's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
