@@ -8,7 +8,8 @@
 //! Every request must succeed: no retries, no error answers, no timeouts.
 //! The server's resident memory is sampled every second; after a warm-up
 //! third, it must stay flat (the last third's peak no more than 16 MiB and
-//! 25 % above the middle third's).
+//! 25 % above the middle third's), and the server must never have waited
+//! on SQLite's write lock (`ferry_db_busy_total` is 0).
 //!
 //! `FERRY_LOAD_SECS` sets the duration (CI: 20 s; the documented full run
 //! is 300 s, see README "Performance").
@@ -297,7 +298,7 @@ fn sixteen_pushers_and_sixty_four_readers() {
         deadline: Instant::now() + Duration::from_secs(secs),
     });
     let started = Instant::now();
-    let samples = rt.block_on(async {
+    let (samples, metrics) = rt.block_on(async {
         let r = send(
             &ctx,
             ctx.http
@@ -323,9 +324,26 @@ fn sixteen_pushers_and_sixty_four_readers() {
             t.await.unwrap();
         }
         samples.push(rss_kib(pid));
-        samples
+        let metrics = ctx
+            .http
+            .get(format!("{}/metrics", ctx.url))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the /metrics text");
+        (samples, metrics)
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let busy: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_db_busy_total "))
+        .expect("ferry_db_busy_total in /metrics")
+        .trim()
+        .parse()
+        .expect("a count");
     let t = &ctx.tally;
     let third = samples.len() / 3;
     let peak = |s: &[u64]| s.iter().copied().max().unwrap_or(0);
@@ -336,7 +354,7 @@ fn sixteen_pushers_and_sixty_four_readers() {
     println!(
         "load: {secs} s, {PUSHERS} pushers, {READERS} readers: {} pushes ({:.1} MB/s in), \
          {} narinfo reads ({:.0}/s), {} NAR reads ({:.1} MB/s out); \
-         RSS MiB first/middle/last third peak {:.1}/{:.1}/{:.1}",
+         RSS MiB first/middle/last third peak {:.1}/{:.1}/{:.1}; SQLITE_BUSY waits {busy}",
         t.pushes.load(Ordering::Relaxed),
         t.pushed_bytes.load(Ordering::Relaxed) as f64 / elapsed / 1e6,
         t.narinfo_reads.load(Ordering::Relaxed),
@@ -354,6 +372,9 @@ fn sixteen_pushers_and_sixty_four_readers() {
         "too few pushes"
     );
     assert!(t.nar_reads.load(Ordering::Relaxed) > 0, "no NAR was read");
+    // All writes of the server queue on its one writer: SQLite's lock is
+    // never found taken.
+    assert_eq!(busy, 0, "the server waited on SQLite's write lock");
     assert!(
         last <= middle + 16 * 1024 && last * 4 <= middle * 5,
         "server memory grew: middle-third peak {middle} KiB, last-third {last} KiB ({samples:?})"

@@ -4,8 +4,12 @@
 //! row survives a power cut, which is what a `200` for a part promises.
 //! rusqlite is blocking: every call runs on tokio's blocking pool through
 //! [`Db::call`], never on an async worker. Writers open their transactions
-//! with `BEGIN IMMEDIATE` so two writers queue on the busy handler instead
-//! of failing with `SQLITE_BUSY` on lock upgrade. The busy handler waits as
+//! with `BEGIN IMMEDIATE`, and every write of this process goes through
+//! [`Db::write`], which queues writers on one async lock first: SQLite's
+//! write lock is never contended from inside the server (a lock wait there
+//! is a sleep-and-poll). Reads ([`Db::call`]) run in parallel on WAL
+//! snapshots. Another process (`ferry gc`, `ferry token revoke`) can
+//! still hold the lock; then the busy handler waits as
 //! SQLite's own `busy_timeout` (30 s) would, and counts each wait
 //! ([`busy_waits`], exported as `ferry_db_busy_total`).
 //!
@@ -54,6 +58,8 @@ pub struct Db {
 struct Inner {
     conns: Mutex<Vec<Connection>>,
     permits: Semaphore,
+    /// Held by each [`Db::write`] for its transaction: one writer at a time.
+    writer: tokio::sync::Mutex<()>,
     path: PathBuf,
 }
 
@@ -150,6 +156,7 @@ impl Db {
             inner: Arc::new(Inner {
                 conns: Mutex::new(conns),
                 permits: Semaphore::new(POOL_SIZE),
+                writer: tokio::sync::Mutex::new(()),
                 path: path.to_owned(),
             }),
         })
@@ -160,7 +167,8 @@ impl Db {
         &self.inner.path
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// Runs `f` with a pooled connection on the blocking thread pool. For
+    /// reads: writes go through [`Db::write`].
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -184,12 +192,14 @@ impl Db {
         self.inner.with_conn(f)
     }
 
-    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction, committing on `Ok`.
+    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction, committing on `Ok`,
+    /// after the writers queued before it (one writer at a time).
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T> + Send + 'static,
     {
+        let _writer = self.inner.writer.lock().await;
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;

@@ -207,7 +207,7 @@ impl Engine {
         let key = id.to_owned();
         let claimed = self
             .db
-            .call(move |c| uploads::claim_for_verifying(c, &key, total))
+            .write(move |tx| uploads::claim_for_verifying(tx, &key, total))
             .await?;
         if !claimed {
             return Ok(()); // already committed or failed by another finisher
@@ -222,7 +222,7 @@ impl Engine {
                 // reopen, and let `complete` be called again.
                 let key = id.to_owned();
                 self.db
-                    .call(move |c| uploads::set_state(c, &key, UploadState::Open, None, None))
+                    .write(move |tx| uploads::set_state(tx, &key, UploadState::Open, None, None))
                     .await?;
                 self.slots.lock().map_err(Error::internal)?.remove(id);
                 Err(e)
@@ -231,8 +231,8 @@ impl Engine {
                 let body = e.to_json();
                 let key = id.to_owned();
                 self.db
-                    .call(move |c| {
-                        uploads::set_state(c, &key, UploadState::Failed, None, Some(&body))
+                    .write(move |tx| {
+                        uploads::set_state(tx, &key, UploadState::Failed, None, Some(&body))
                     })
                     .await?;
                 self.slots.lock().map_err(Error::internal)?.remove(id);

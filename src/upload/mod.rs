@@ -198,6 +198,13 @@ impl Engine {
         db::now() + self.cfg.upload_expiry.as_secs() as i64
     }
 
+    /// How far an upload's expiry may lag behind "now + expiry" before a
+    /// request for it writes the new expiry: 1 % of the expiry, at most a
+    /// minute.
+    fn touch_slack(&self) -> i64 {
+        (self.cfg.upload_expiry.as_secs() as i64 / 100).min(60)
+    }
+
     /// Starts an upload, or links an already stored NAR and publishes at
     /// once (dedup by NarHash), or says the cache already has the path.
     pub async fn create(&self, cache: &CacheRow, new: NewUpload) -> Result<Created> {
@@ -278,7 +285,7 @@ impl Engine {
             },
         };
         let expires_at = row.expires_at;
-        self.db.call(move |c| uploads::insert(c, &row)).await?;
+        self.db.write(move |tx| uploads::insert(tx, &row)).await?;
         Ok((id, expires_at))
     }
 
@@ -307,7 +314,7 @@ impl Engine {
                     .map_err(Error::internal)??;
                 let (key, part) = (id.to_owned(), PartRow { n: next, ..p });
                 self.db
-                    .call(move |c| uploads::upsert_part(c, &key, &part))
+                    .write(move |tx| uploads::upsert_part(tx, &key, &part))
                     .await?;
                 let slot = self.slot_or_load(id).await?;
                 slot.state.lock().await.present.insert(next);
@@ -326,19 +333,20 @@ impl Engine {
     pub async fn get(&self, id: &str) -> Result<UploadRow> {
         let key = id.to_owned();
         let expires = self.expiry_from_now();
-        let row = self
-            .db
-            .call(move |c| {
-                let row = uploads::get(c, &key)?;
-                if let Some(r) = &row
-                    && r.expires_at > db::now()
-                    && r.state != UploadState::Committed
-                {
-                    uploads::touch(c, &key, expires)?;
-                }
-                Ok(row)
-            })
-            .await?;
+        let row = self.db.call(move |c| uploads::get(c, &key)).await?;
+        // Activity moves the expiry forward; written only when it would
+        // move by more than the slack, so most reads of an upload's state
+        // are not database writes.
+        if let Some(r) = &row
+            && r.expires_at > db::now()
+            && r.state != UploadState::Committed
+            && r.expires_at < expires - self.touch_slack()
+        {
+            let key = id.to_owned();
+            self.db
+                .write(move |tx| uploads::touch(tx, &key, expires))
+                .await?;
+        }
         match row {
             Some(r) if r.expires_at > db::now() || r.state == UploadState::Committed => Ok(r),
             _ => Err(Error::UploadNotFound(id.to_owned())),
@@ -387,7 +395,7 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<()> {
         self.slots.lock().map_err(Error::internal)?.remove(id);
         let key = id.to_owned();
-        self.db.call(move |c| uploads::delete(c, &key)).await?;
+        self.db.write(move |tx| uploads::delete(tx, &key)).await?;
         let dir = self.dir_of(id);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

@@ -361,7 +361,7 @@ impl Engine {
         .map_err(Error::internal)??;
         let (key, p) = (id.to_owned(), part.clone());
         self.db
-            .call(move |c| uploads::upsert_part(c, &key, &p))
+            .write(move |tx| uploads::upsert_part(tx, &key, &p))
             .await?;
         {
             let mut s = slot.state.lock().await;

@@ -175,7 +175,7 @@ impl Engine {
             metadata: req.metadata.clone(),
             concat,
         };
-        self.db.call(move |c| tus::insert(c, &row)).await?;
+        self.db.write(move |tx| tus::insert(tx, &row)).await?;
         let mut completion = None;
         if let Concat::Final(partials, _) = &req.concat {
             self.absorb(&id, partials).await?;
@@ -255,7 +255,9 @@ impl Engine {
                     )));
                 }
                 let key = id.to_owned();
-                self.db.call(move |c| tus::set_length(c, &key, l)).await?;
+                self.db
+                    .write(move |tx| tus::set_length(tx, &key, l))
+                    .await?;
                 info.length = Some(l);
             }
             (Some(have), Some(l)) if have != l => {

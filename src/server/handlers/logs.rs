@@ -83,12 +83,12 @@ pub async fn put(
         log.extend_from_slice(&chunk);
     }
     let cache_id = cache.id;
+    let z = web::block(move || zstd::encode_all(&log[..], LOG_ZSTD_LEVEL))
+        .await
+        .map_err(Error::internal)??;
     state
         .db
-        .call(move |c| {
-            let z = zstd::encode_all(&log[..], LOG_ZSTD_LEVEL)?;
-            logs::put(c, cache_id, &drv, &z)
-        })
+        .write(move |tx| logs::put(tx, cache_id, &drv, &z))
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
