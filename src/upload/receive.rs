@@ -158,8 +158,11 @@ where
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
+                // The transport's own words (actix: "payload reached EOF
+                // before completing: None") go to the log, not the client.
+                tracing::debug!(received = size, error = %e, "request body broke off");
                 broke = Some(Error::BadRequest(format!(
-                    "the request body broke off: {e}"
+                    "the request body broke off after {size} bytes: send it again"
                 )));
                 break;
             }
@@ -279,7 +282,16 @@ impl Engine {
                 None => Err(Error::BadRequest("the request body was empty".into())),
             }
         } else if let Some(e) = broke {
-            Err(e)
+            // A body that breaks off before its Content-Length (actix:
+            // `PayloadError::Incomplete`, or a reset mid-body) is a
+            // truncated part, the same as one that ends short.
+            match expected {
+                Some(expected) if received.size < expected => Err(Error::PartTruncated {
+                    got: received.size,
+                    expected,
+                }),
+                _ => Err(e),
+            }
         } else if let Some(e) = expected.filter(|e| *e != received.size) {
             Err(Error::PartTruncated {
                 got: received.size,

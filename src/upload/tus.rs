@@ -62,6 +62,8 @@ pub struct TusInfo {
 }
 
 /// Parses `Upload-Metadata`: comma-separated `key base64value` pairs.
+/// tus requires every key to be unique: a repeated key is refused rather
+/// than one of its values picked silently.
 pub fn parse_metadata(header: &str) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for pair in header.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -77,7 +79,11 @@ pub fn parse_metadata(header: &str) -> Result<HashMap<String, String>> {
         let text = String::from_utf8(bytes).map_err(|_| {
             Error::BadRequest(format!("Upload-Metadata value of {key:?} is not UTF-8"))
         })?;
-        out.insert(key.to_owned(), text);
+        if out.insert(key.to_owned(), text).is_some() {
+            return Err(Error::BadRequest(format!(
+                "Upload-Metadata gives the key {key:?} more than once: tus metadata keys must be unique, send each key once"
+            )));
+        }
     }
     Ok(out)
 }
@@ -323,5 +329,20 @@ mod tests {
         assert_eq!(m["empty"], "");
         assert_eq!(m["nar_size"], "12");
         assert!(parse_metadata("k !!!").is_err());
+    }
+
+    #[test]
+    fn duplicate_metadata_keys_are_refused_naming_the_key() {
+        // Two store_path values: tus says keys MUST be unique.
+        let header = "store_path L25peC9zdG9yZS94,nar_size MTI=,store_path L25peC9zdG9yZS95";
+        let e = parse_metadata(header).unwrap_err();
+        assert!(matches!(e, Error::BadRequest(_)), "{e:?}");
+        assert_eq!(e.code(), "bad_request");
+        assert!(e.to_string().contains("\"store_path\""), "{e}");
+        // Also when the repeats carry the same value, or no value at all.
+        assert!(parse_metadata("a MTI=,a MTI=").is_err());
+        assert!(parse_metadata("flag,flag").is_err());
+        // Distinct keys still pass.
+        assert_eq!(parse_metadata("a MTI=,b MTI=").unwrap().len(), 2);
     }
 }
