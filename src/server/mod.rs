@@ -229,6 +229,9 @@ pub async fn run(
             .configure(routes)
     })
     .client_request_timeout(std::time::Duration::from_secs(60))
+    // Answers go out whole as soon as they are written: with Nagle on, a
+    // response's last short segment waited for the client's delayed ACK.
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .listen(listener)?
     .run();

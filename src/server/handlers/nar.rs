@@ -76,8 +76,7 @@ pub async fn get(
     let cache_id = cache.id;
     let (nar, chunks) = state
         .db
-        .call(move |c| nars::nar_for_file(c, cache_id, &file_hash))
-        .await?
+        .lookup(|c| nars::nar_for_file(c, cache_id, &file_hash))?
         .ok_or_else(not_found)?;
     state.access.nar(cache.id, nar.id);
     let chunks: Vec<ChunkRef> = chunks

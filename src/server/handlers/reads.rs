@@ -49,11 +49,9 @@ pub async fn narinfo(
     let (name, hash) = path.into_inner();
     let cache = access::cache(&state, &req, &name, Operation::Pull).await?;
     validate_hash_part(&hash)?;
-    let key = hash.clone();
     let text = state
         .db
-        .call(move |c| nars::narinfo(c, cache.id, &key))
-        .await?
+        .lookup(|c| nars::narinfo(c, cache.id, &hash))?
         .ok_or_else(|| Error::NotFound(format!("{hash}.narinfo")))?;
     state.access.narinfo(cache.id, &hash);
     let mut res = HttpResponse::Ok();
