@@ -106,11 +106,22 @@ fn make_nar(name: &str, size: usize) -> Vec<u8> {
     write_nar(&Tree::Directory(entries))
 }
 
+/// An error with its causes, outermost first.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
 async fn send(ctx: &Ctx, req: reqwest::RequestBuilder, what: &str) -> Option<(u16, Vec<u8>)> {
     let res = match req.bearer_auth(&ctx.token).send().await {
         Ok(r) => r,
         Err(e) => {
-            ctx.tally.error(format!("{what}: {e}"));
+            ctx.tally.error(format!("{what}: {}", chain(&e)));
             return None;
         }
     };
@@ -125,7 +136,7 @@ async fn send(ctx: &Ctx, req: reqwest::RequestBuilder, what: &str) -> Option<(u1
             None
         }
         Err(e) => {
-            ctx.tally.error(format!("{what}: body: {e}"));
+            ctx.tally.error(format!("{what}: body: {}", chain(&e)));
             None
         }
     }

@@ -232,6 +232,10 @@ pub async fn run(
     // Answers go out whole as soon as they are written: with Nagle on, a
     // response's last short segment waited for the client's delayed ACK.
     .tcp_nodelay(true)
+    // Idle keep-alive connections outlive the proxies' own idle timeouts
+    // (cloudflared 90 s, nginx upstream 60 s): a proxy must never send a
+    // request on a connection the server is closing at that moment.
+    .keep_alive(std::time::Duration::from_secs(120))
     .shutdown_timeout(5)
     .listen(listener)?
     .run();
