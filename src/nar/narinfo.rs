@@ -168,9 +168,12 @@ fn non_empty(key: &str, value: &str) -> Result<String, FormatError> {
 }
 
 fn number(key: &str, value: &str) -> Result<u64, FormatError> {
-    value
-        .parse()
-        .map_err(|_| invalid(key, value, "expected a decimal number of bytes"))
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| value.parse().ok())
+        .flatten()
+        .ok_or_else(|| invalid(key, value, "expected a decimal number of bytes"))
 }
 
 impl Fields {
@@ -288,6 +291,18 @@ mod tests {
         );
         assert_eq!(info.render(), expected);
         assert_eq!(NarInfo::parse(&expected, SD).unwrap(), info);
+    }
+
+    #[test]
+    fn sizes_are_digits_only() {
+        let text = sample().render();
+        for (from, to) in [
+            ("NarSize: 120", "NarSize: +120"),
+            ("FileSize: 50", "FileSize: 5 0"),
+        ] {
+            let bad = text.replace(from, to);
+            assert!(NarInfo::parse(&bad, SD).is_err(), "{to} was accepted");
+        }
     }
 
     #[test]

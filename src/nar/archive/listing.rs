@@ -6,8 +6,9 @@
 //! `{"type":"regular","size":N,"executable":true,"narOffset":OFFSET}`
 //! (`executable` only when set; `narOffset` is where the file's contents
 //! start in the NAR), `{"type":"symlink","target":"..."}` or
-//! `{"type":"directory","entries":{"<name>":<node>,...}}`. Names and
-//! targets that are not UTF-8 are shown with U+FFFD replacements.
+//! `{"type":"directory","entries":{"<name>":<node>,...}}`. A NAR with a
+//! name or symlink target that is not UTF-8 gets no listing: JSON strings
+//! cannot carry those bytes, and replacing them could merge two names.
 
 use std::collections::BTreeMap;
 
@@ -78,6 +79,9 @@ pub(crate) struct ListingBuilder {
     /// The file or symlink being parsed.
     leaf: Option<ListingNode>,
     root: Option<ListingNode>,
+    /// A name or symlink target was not UTF-8: JSON cannot carry it
+    /// faithfully (two such names could even collide), so no listing.
+    not_utf8: bool,
 }
 
 impl ListingBuilder {
@@ -90,9 +94,23 @@ impl ListingBuilder {
         }
     }
 
-    /// The listing, once the root node is complete.
+    /// The listing, once the root node is complete; `None` as well when a
+    /// name or symlink target is not UTF-8.
     pub(crate) fn into_listing(self) -> Option<NarListing> {
+        if self.not_utf8 {
+            return None;
+        }
         self.root.map(|root| NarListing { version: 1, root })
+    }
+
+    fn text(&mut self, bytes: &[u8]) -> String {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => {
+                self.not_utf8 = true;
+                String::new()
+            }
+        }
     }
 }
 
@@ -106,9 +124,8 @@ impl Sink for ListingBuilder {
     }
 
     fn symlink(&mut self, target: &[u8]) -> Result<(), String> {
-        self.leaf = Some(ListingNode::Symlink {
-            target: String::from_utf8_lossy(target).into_owned(),
-        });
+        let target = self.text(target);
+        self.leaf = Some(ListingNode::Symlink { target });
         Ok(())
     }
 
@@ -118,7 +135,7 @@ impl Sink for ListingBuilder {
     }
 
     fn entry(&mut self, name: &[u8]) -> Result<(), String> {
-        self.pending = Some(String::from_utf8_lossy(name).into_owned());
+        self.pending = Some(self.text(name));
         Ok(())
     }
 

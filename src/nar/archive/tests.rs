@@ -270,6 +270,19 @@ fn read_requires_utf8_but_validator_does_not() {
 }
 
 #[test]
+fn names_that_are_not_utf8_get_no_listing() {
+    // Two distinct names that lossy decoding would merge into one.
+    let nar = dir_nar(&[b"\xfe", b"\xff"]);
+    let mut v = NarValidator::with_listing();
+    v.update(&nar).unwrap();
+    assert!(v.finish_listing().unwrap().is_none());
+    let nar = dir_nar(&[b"a", b"b"]);
+    let mut v = NarValidator::with_listing();
+    v.update(&nar).unwrap();
+    assert!(v.finish_listing().unwrap().is_some());
+}
+
+#[test]
 fn huge_claimed_size_is_counted_not_buffered() {
     let mut nar = tokens(&[b"nix-archive-1", b"(", b"type", b"regular", b"contents"]);
     nar.extend_from_slice(&(1u64 << 62).to_le_bytes());

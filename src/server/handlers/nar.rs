@@ -40,20 +40,25 @@ pub fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>> {
         .ok_or(Error::RangeNotSatisfiable { size })?;
     let (a, b) = (a.trim(), b.trim());
     let bad = || Error::RangeNotSatisfiable { size };
+    // RFC 9110: digits only (`u64::from_str` would also take a `+`).
+    let num = |s: &str| -> Result<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| bad())?;
+        let n = num(b)?;
         if n == 0 || size == 0 {
             return Err(bad());
         }
         (size.saturating_sub(n), size - 1)
     } else {
-        let start: u64 = a.parse().map_err(|_| bad())?;
+        let start = num(a)?;
         let end = if b.is_empty() {
             size.saturating_sub(1)
         } else {
-            b.parse::<u64>()
-                .map_err(|_| bad())?
-                .min(size.saturating_sub(1))
+            num(b)?.min(size.saturating_sub(1))
         };
         (start, end)
     };
@@ -146,5 +151,8 @@ mod tests {
         assert!(parse_range("bytes=5-2", 100).is_err());
         assert!(parse_range("bytes=x-2", 100).is_err());
         assert!(parse_range("bytes=-5", 0).is_err());
+        assert!(parse_range("bytes=+0-5", 100).is_err());
+        assert!(parse_range("bytes=0-+5", 100).is_err());
+        assert!(parse_range("bytes=-+5", 100).is_err());
     }
 }
