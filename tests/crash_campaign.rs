@@ -53,10 +53,6 @@ const AT_COMPLETE: f64 = 0.3;
 /// Longest a push may take to finish after the restart.
 const PUSH_DEADLINE: Duration = Duration::from_secs(240);
 
-fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
 /// The server, its client and the cache the campaign pushes to.
 struct Bench {
     data: tempfile::TempDir,
@@ -197,23 +193,6 @@ fn describe_upload(data: &Path, store_path: &str, total: u64) -> String {
         Some((state, n)) if state == "open" => format!("open {n}/{total} parts"),
         Some((state, _)) => state,
     }
-}
-
-/// Files under `dir`, recursively, with their sizes.
-fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = vec![];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push((p, md.len()));
-            }
-        }
-    }
-    out
 }
 
 /// What the data dir holds after a GC run, and anything wrong with it.
@@ -560,12 +539,7 @@ fn trial(
 fn pushes_finish_and_stay_consistent_when_the_server_is_sigkilled() {
     let t = Instant::now();
     let trials: usize = env_num("FERRY_CRASH_TRIALS").unwrap_or(CI_TRIALS);
-    let seed: u64 = env_num("FERRY_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed_from_env("FERRY_CRASH_SEED");
     println!(
         "crash campaign: {trials} trials, seed {seed} (FERRY_CRASH_SEED={seed} replays the draws)"
     );

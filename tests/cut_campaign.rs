@@ -76,10 +76,6 @@ const SERVER: &str = "cut";
 const CACHE: &str = "camp";
 const TARGET: &str = "cut:camp";
 
-fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
 /// The server, the proxy in front of it and the client that pushes through.
 struct Bench {
     data: tempfile::TempDir,
@@ -268,22 +264,6 @@ fn summary_counts(stderr: &str) -> Option<(u64, u64)> {
     Some((num_after("pushed ")?, num_after("deduplicated ")?))
 }
 
-/// Files under `dir`, recursively (directories themselves not listed).
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A client retry warning, boiled down to what was retried and why:
 /// `PUT part: connection reset by peer (os error 104)`,
 /// `PUT part: 400 part_truncated`.
@@ -451,12 +431,7 @@ fn one_push(bench: &Bench, rng: &mut StdRng, k: usize, failures: &mut Vec<Failur
 fn pushes_complete_with_verified_content_when_a_tenth_of_connections_are_cut() {
     let t = Instant::now();
     let pushes: usize = env_num("FERRY_CUT_PUSHES").unwrap_or(CI_PUSHES);
-    let seed: u64 = env_num("FERRY_CUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed_from_env("FERRY_CUT_SEED");
     println!(
         "cut campaign: {pushes} pushes, {DROP_PERCENT}% of body-carrying connections cut, \
          seed {seed} (FERRY_CUT_SEED={seed} replays the sizes and cut offsets)"

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Body, InProcess, http_request};
+use common::{Body, InProcess, files_under, http_request};
 use ferry::config::Config;
 use ferry::db::caches::{self, NewCache};
 use ferry::db::nars::{self, Chunk, NewNar};
@@ -33,21 +33,6 @@ fn put_part(s: &InProcess, url: &str, n: u32, bytes: &[u8]) {
         Body::Bytes(bytes.to_vec()),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Runs `ferry gc` (the real binary) against a data dir with a config.
@@ -213,7 +198,7 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
     assert!(
         files_under(&uploads)
             .iter()
-            .any(|p| p.extension().is_some_and(|e| e == "part"))
+            .any(|(p, _)| p.extension().is_some_and(|e| e == "part"))
     );
     // A blob with no row, as a crash between storing and recording leaves.
     let orphan = "ab".repeat(32);
@@ -231,7 +216,7 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
     assert!(
         !files_under(&uploads)
             .iter()
-            .any(|p| p.extension().is_some_and(|e| e == "part")),
+            .any(|(p, _)| p.extension().is_some_and(|e| e == "part")),
         "no part file remains"
     );
     let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 1\n");

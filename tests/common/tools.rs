@@ -1,7 +1,7 @@
 //! Finding external programs, picking ports, running commands with useful
 //! panic messages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -110,4 +110,40 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
         Ok(o) => o.stdout,
         Err(e) => panic!("{e:?}"),
     }
+}
+
+/// Files under `dir`, recursively, with their sizes (directories are not
+/// listed, symlinks not followed; a missing `dir` has none).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = vec![];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push((p, md.len()));
+            }
+        }
+    }
+    out
+}
+
+/// Environment variable `name`, parsed; `None` when unset or unparsable.
+pub fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// A campaign's seed: `name` from the environment (to replay a run), else
+/// from the clock.
+pub fn seed_from_env(name: &str) -> u64 {
+    env_num(name).unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
 }
