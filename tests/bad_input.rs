@@ -38,9 +38,9 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::{Body, HttpResponse, InProcess, http_request, mint_in};
+use common::{Body, HttpResponse, InProcess, hash_part, http_request, mint_in, noise, store_path};
 use ferry::auth::{self, Operation, RootKey, TokenSpec};
-use ferry::nar::{Sha256Hash, Tree, nix32, write_nar};
+use ferry::nar::{Sha256Hash, Tree, write_nar};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -149,27 +149,6 @@ fn bearer(token: &str) -> String {
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// A valid store path in `/nix/store` whose hash part derives from `name`.
-fn store_path(name: &str) -> String {
-    let h = Sha256Hash::digest(name.as_bytes());
-    format!("/nix/store/{}-{name}", nix32::encode(&h.0[..20]))
-}
-
-/// The 32-character hash part of a store path.
-fn hash_part(path: &str) -> &str {
-    &path.rsplit('/').next().unwrap()[..32]
-}
-
-/// `size` pseudo-random (incompressible) bytes seeded by `seed`.
-fn noise(seed: &str, size: usize) -> Vec<u8> {
-    let mut out = vec![0u8; size];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// Bytes declared as the NAR of a store path.

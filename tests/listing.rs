@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Body, HttpResponse, InProcess, http_request, nix_cmd, run_ok};
+use common::{Body, HttpResponse, InProcess, hash_part, http_request, nix_cmd, run_ok, store_path};
 use ferry::auth::Operation;
-use ferry::nar::{Sha256Hash, Tree, nix32, write_nar};
+use ferry::nar::{Sha256Hash, Tree, write_nar};
 use serde_json::{Value, json};
 
 const TEN_MIN: Duration = Duration::from_secs(600);
@@ -53,16 +53,6 @@ fn create_cache(s: &InProcess, name: &str, public: bool) {
         &json!({"name": name, "public": public}),
     );
     assert_eq!(r.status, 201, "create cache {name}: {}", r.text());
-}
-
-/// A valid store path whose hash part derives from `name`.
-fn store_path(name: &str) -> String {
-    let h = Sha256Hash::digest(name.as_bytes());
-    format!("/nix/store/{}-{name}", nix32::encode(&h.0[..20]))
-}
-
-fn hash_part(path: &str) -> &str {
-    &path.rsplit('/').next().unwrap()[..32]
 }
 
 fn sample_tree() -> Tree {

@@ -18,7 +18,8 @@
 //! [`fs`] (tree comparison), [`nginx`] (reverse proxy / static server with a
 //! parsed access log), [`http`] (curl wrapper returning status, headers and
 //! body), [`upstream`] (a tiny HTTP sink server), [`client`] (the `ferry`
-//! client binary with a home of its own), [`served`] (a path's narinfo and
+//! client binary with a home of its own), [`paths`] (made-up store paths
+//! and bytes), [`served`] (a path's narinfo and
 //! NAR as served, checked against the local store).
 #![allow(dead_code, unused_imports)]
 
@@ -29,6 +30,7 @@ pub mod fs;
 pub mod http;
 pub mod nginx;
 pub mod nix;
+pub mod paths;
 pub mod served;
 pub mod tools;
 pub mod upstream;
@@ -45,6 +47,7 @@ pub use nix::{
     dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32, nix_sign,
     path_info, path_info_in, try_nix_copy_from, write_netrc,
 };
+pub use paths::{hash_part, noise, store_path};
 pub use tools::{
     CmdFailure, env_num, files_under, free_port, require_tool, run_ok, seed_from_env, unique_salt,
 };

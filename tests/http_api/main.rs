@@ -19,7 +19,8 @@ mod uploads;
 use std::collections::BTreeMap;
 
 use common::{Body, HttpResponse, InProcess, http_request};
-use ferry::nar::{Sha256Hash, Tree, nix32, write_nar};
+pub use common::{hash_part, noise, store_path};
+use ferry::nar::{Sha256Hash, Tree, write_nar};
 use serde_json::{Value, json};
 
 /// `Authorization: Bearer <token>`.
@@ -82,27 +83,6 @@ pub fn create_cache(s: &InProcess, name: &str, public: bool) -> Value {
     );
     assert_eq!(r.status, 201, "create cache {name}: {}", r.text());
     r.json()
-}
-
-/// A valid store path in `/nix/store` whose hash part derives from `name`.
-pub fn store_path(name: &str) -> String {
-    let h = Sha256Hash::digest(name.as_bytes());
-    format!("/nix/store/{}-{name}", nix32::encode(&h.0[..20]))
-}
-
-/// The 32-character hash part of a store path.
-pub fn hash_part(path: &str) -> &str {
-    &path.rsplit('/').next().unwrap()[..32]
-}
-
-/// `size` pseudo-random (incompressible) bytes seeded by `seed`.
-pub fn noise(seed: &str, size: usize) -> Vec<u8> {
-    let mut out = vec![0u8; size];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// A NAR for a store path, with its bytes and hash.
