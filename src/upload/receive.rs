@@ -111,7 +111,7 @@ impl Sink {
     }
 }
 
-const BATCH: usize = 1 << 20;
+const BATCH: usize = 256 << 10;
 
 /// Streams `body` into a new file at `path`, fsyncs it, and hashes it.
 /// Stops with `PartTooLarge` past `limit` bytes. When the body breaks off
