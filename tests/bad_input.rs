@@ -32,15 +32,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::{Body, HttpResponse, InProcess, hash_part, http_request, mint_in, noise, store_path};
+use common::{
+    Body, HttpResponse, InProcess, Nar, hash_part, http_request, mint_in, noise, store_path,
+};
 use ferry::auth::{self, Operation, RootKey, TokenSpec};
-use ferry::nar::{Sha256Hash, Tree, write_nar};
+use ferry::nar::Sha256Hash;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -151,37 +153,8 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Bytes declared as the NAR of a store path.
-struct Nar {
-    path: String,
-    bytes: Vec<u8>,
-    hash: Sha256Hash,
-}
-
+/// What this table sends of a [`Nar`].
 impl Nar {
-    /// A valid NAR: a directory holding one file of `size` bytes.
-    fn new(name: &str, size: usize) -> Nar {
-        let mut entries = BTreeMap::new();
-        entries.insert(
-            "bin".to_owned(),
-            Tree::Regular {
-                executable: true,
-                contents: noise(name, size),
-            },
-        );
-        Nar::declared(name, write_nar(&Tree::Directory(entries)))
-    }
-
-    /// `bytes`, whatever they are, declared with their true hash and size
-    /// as the NAR of the store path named `name`.
-    fn declared(name: &str, bytes: Vec<u8>) -> Nar {
-        Nar {
-            path: store_path(name),
-            hash: Sha256Hash::digest(&bytes),
-            bytes,
-        }
-    }
-
     /// The body of `POST /caches/{c}/uploads` for this NAR.
     fn create_body(&self) -> Value {
         json!({

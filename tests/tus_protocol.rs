@@ -7,14 +7,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Body, HttpResponse, InProcess, http_request};
-use ferry::nar::{Sha256Hash, Tree, nix32, write_nar};
+use common::{Body, HttpResponse, InProcess, Nar, http_request};
 use serde_json::json;
 use sha1::Digest as _;
 
@@ -34,42 +32,8 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A NAR (an executable of `size` pseudo-random bytes) for a store path
-/// named `name`.
-struct Nar {
-    path: String,
-    bytes: Vec<u8>,
-    hash: Sha256Hash,
-}
-
+/// How the tus door is told about a [`Nar`].
 impl Nar {
-    fn new(name: &str, size: usize) -> Nar {
-        let mut contents = vec![0u8; size];
-        blake3::Hasher::new()
-            .update(name.as_bytes())
-            .finalize_xof()
-            .fill(&mut contents);
-        let mut entries = BTreeMap::new();
-        entries.insert(
-            "bin".to_owned(),
-            Tree::Regular {
-                executable: true,
-                contents,
-            },
-        );
-        let bytes = write_nar(&Tree::Directory(entries));
-        let h = Sha256Hash::digest(name.as_bytes());
-        Nar {
-            path: format!("/nix/store/{}-{name}", nix32::encode(&h.0[..20])),
-            hash: Sha256Hash::digest(&bytes),
-            bytes,
-        }
-    }
-
-    fn hash_part(&self) -> &str {
-        &self.path.rsplit('/').next().unwrap()[..32]
-    }
-
     /// `Upload-Metadata` declaring this NAR with `nar_hash` (any Nix form).
     fn metadata_with_hash(&self, nar_hash: &str) -> String {
         // An empty value is the key alone (tus), here `references`.

@@ -2,19 +2,21 @@
 //!
 //! The database runs in WAL mode with `synchronous = FULL`, so a committed
 //! row survives a power cut, which is what a `200` for a part promises.
-//! rusqlite is blocking: every call runs on tokio's blocking pool through
-//! [`Db::call`], never on an async worker. Writers open their transactions
-//! with `BEGIN IMMEDIATE`, and every write of this process goes through
-//! [`Db::write`], which queues writers on one async lock first: SQLite's
-//! write lock is never contended from inside the server (a lock wait there
-//! is a sleep-and-poll). Reads ([`Db::call`]) run in parallel on WAL
-//! snapshots. Point lookups on the read path (a narinfo, a NAR's chunks)
-//! may run on the async worker itself through [`Db::lookup`]: a keyed read
-//! of a WAL snapshot never waits for a writer, and skipping the hop to the
-//! blocking pool cut a narinfo's server time by about 40 %. Another process (`ferry gc`, `ferry token revoke`) can
-//! still hold the lock; then the busy handler waits as
-//! SQLite's own `busy_timeout` (30 s) would, and counts each wait
-//! ([`busy_waits`], exported as `ferry_db_busy_total`).
+//! rusqlite is blocking, so calls run on tokio's blocking pool:
+//! - reads through [`Db::call`], in parallel on WAL snapshots;
+//! - writes through [`Db::write`]: `BEGIN IMMEDIATE`, after queueing on one
+//!   async lock, so SQLite's write lock is never contended from inside the
+//!   server (a lock wait there is a sleep-and-poll);
+//! - the one exception, [`Db::lookup`]: keyed point reads on the read path
+//!   (a narinfo, a NAR's chunks) run on the async worker itself, as a
+//!   static file server reads a small file in its event loop. A WAL read
+//!   never waits for a writer, and skipping the hop to the blocking pool
+//!   cut a narinfo's server time by about 40 %.
+//!
+//! Another process (`ferry gc`, `ferry token revoke`) can still hold the
+//! write lock; then the busy handler waits as SQLite's own `busy_timeout`
+//! (30 s) would, and counts each wait ([`busy_waits`], exported as
+//! `ferry_db_busy_total`).
 //!
 //! Migrations are the files of `schema/`, compiled in and applied in order;
 //! `PRAGMA user_version` records how many have run.

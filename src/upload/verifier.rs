@@ -205,6 +205,14 @@ impl NarStage {
             .as_mut()
             .ok_or_else(|| Error::internal("NAR stage gone"))
     }
+
+    /// Closes the stage and hands over its sink.
+    fn into_sink(mut self) -> Result<NarSink> {
+        self.close()?;
+        self.sink
+            .take()
+            .ok_or_else(|| Error::internal("NAR stage gone"))
+    }
 }
 
 impl Write for NarStage {
@@ -374,7 +382,7 @@ impl Verifier {
     /// truncated NAR or zstd frame) are reported here.
     pub fn finish(self) -> Result<Verdict> {
         let upload_hash = Sha256Hash(self.file_sha.finalize().into());
-        let mut stage = match self.pipeline {
+        let stage = match self.pipeline {
             Pipeline::Zstd(mut dec) => {
                 if let Err(e) = dec.flush() {
                     return Err(stage_error(dec.get_mut(), e));
@@ -383,11 +391,7 @@ impl Verifier {
             }
             Pipeline::Plain(stage) => stage,
         };
-        stage.close()?;
-        let mut sink = stage
-            .sink
-            .take()
-            .ok_or_else(|| Error::internal("NAR stage gone"))?;
+        let mut sink = stage.into_sink()?;
         if let Some(e) = sink.error.take() {
             return Err(e);
         }

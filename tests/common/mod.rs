@@ -47,7 +47,7 @@ pub use nix::{
     dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32, nix_sign,
     path_info, path_info_in, try_nix_copy_from, write_netrc,
 };
-pub use paths::{hash_part, noise, store_path};
+pub use paths::{Nar, hash_part, noise, store_path};
 pub use tools::{
     CmdFailure, env_num, files_under, free_port, require_tool, run_ok, seed_from_env, unique_salt,
 };

@@ -1,7 +1,10 @@
-//! Made-up store paths and bytes for HTTP-level tests: a valid store path
-//! derived from a name, its hash part, seeded incompressible bytes.
+//! Made-up store paths, bytes and NARs for HTTP-level tests: a valid store
+//! path derived from a name, its hash part, seeded incompressible bytes, a
+//! NAR declared for a path ([`Nar`]; tests add their own methods to it).
 
-use ferry::nar::{Sha256Hash, nix32};
+use std::collections::BTreeMap;
+
+use ferry::nar::{Sha256Hash, Tree, nix32, write_nar};
 
 /// A valid store path in `/nix/store` whose hash part derives from `name`.
 pub fn store_path(name: &str) -> String {
@@ -22,4 +25,42 @@ pub fn noise(seed: &str, size: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut out);
     out
+}
+
+/// Bytes declared as the NAR of a store path, with their SHA-256.
+pub struct Nar {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub hash: Sha256Hash,
+}
+
+impl Nar {
+    /// A valid NAR for the store path named `name`: a directory holding one
+    /// executable `bin` of `size` bytes of [`noise`].
+    pub fn new(name: &str, size: usize) -> Nar {
+        let mut entries = BTreeMap::new();
+        entries.insert(
+            "bin".to_owned(),
+            Tree::Regular {
+                executable: true,
+                contents: noise(name, size),
+            },
+        );
+        Nar::declared(name, write_nar(&Tree::Directory(entries)))
+    }
+
+    /// `bytes`, whatever they are, declared with their true hash and size
+    /// as the NAR of the store path named `name`.
+    pub fn declared(name: &str, bytes: Vec<u8>) -> Nar {
+        Nar {
+            path: store_path(name),
+            hash: Sha256Hash::digest(&bytes),
+            bytes,
+        }
+    }
+
+    /// The hash part of the NAR's store path.
+    pub fn hash_part(&self) -> &str {
+        hash_part(&self.path)
+    }
 }

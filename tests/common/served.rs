@@ -6,7 +6,7 @@
 //! through Nix itself (`nix hash to-base32`), not through ferry's code.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use sha2::Digest as _;
@@ -37,16 +37,7 @@ pub fn parse_narinfo(text: &str) -> HashMap<String, String> {
 /// SHA-256 (hex) and length of everything `r` yields.
 fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.write_all(&buf[..k])?;
-        n += k as u64;
-    }
+    let n = std::io::copy(&mut r, &mut h)?;
     Ok((format!("{:x}", h.finalize()), n))
 }
 
