@@ -585,12 +585,21 @@ fn setup() -> (InProcess, Fixture) {
     )
     .expect("mint with a foreign root key");
     let open = Nar::new("bad-input-open", 3000);
-    let garbage = Nar::declared("bad-input-garbage", b"no NAR, only words ".repeat(40));
-    let unsorted = Nar::declared("bad-input-unsorted", nar_with_entries(&["b", "a"]));
+    let garbage = Nar::from_bytes(
+        &store_path("bad-input-garbage"),
+        b"no NAR, only words ".repeat(40),
+    );
+    let unsorted = Nar::from_bytes(
+        &store_path("bad-input-unsorted"),
+        nar_with_entries(&["b", "a"]),
+    );
     let small = Nar::new("bad-input-small", 1000);
     // Longer than a part may be, so a PATCH can break either limit.
     let tus_nar = Nar::new("bad-input-tus", MAX_PART as usize + 10_000);
-    let tus_garbage = Nar::declared("bad-input-tus-garbage", b"not a NAR either ".repeat(50));
+    let tus_garbage = Nar::from_bytes(
+        &store_path("bad-input-tus-garbage"),
+        b"not a NAR either ".repeat(50),
+    );
     let nix_size = NixFile::new("bad-input-nix-size");
     let nix_hash = NixFile::new("bad-input-nix-hash");
     let nix_narhash = NixFile::new("bad-input-nix-narhash");

@@ -35,8 +35,8 @@ pub struct Nar {
 }
 
 impl Nar {
-    /// A valid NAR for the store path named `name`: a directory holding one
-    /// executable `bin` of `size` bytes of [`noise`].
+    /// A valid NAR for the store path named `name`: a directory holding an
+    /// executable `bin` of `size` bytes of [`noise`] and a symlink to it.
     pub fn new(name: &str, size: usize) -> Nar {
         let mut entries = BTreeMap::new();
         entries.insert(
@@ -46,14 +46,20 @@ impl Nar {
                 contents: noise(name, size),
             },
         );
-        Nar::declared(name, write_nar(&Tree::Directory(entries)))
+        entries.insert(
+            "link".to_owned(),
+            Tree::Symlink {
+                target: "bin".into(),
+            },
+        );
+        Nar::from_bytes(&store_path(name), write_nar(&Tree::Directory(entries)))
     }
 
     /// `bytes`, whatever they are, declared with their true hash and size
-    /// as the NAR of the store path named `name`.
-    pub fn declared(name: &str, bytes: Vec<u8>) -> Nar {
+    /// as the NAR of `path`.
+    pub fn from_bytes(path: &str, bytes: Vec<u8>) -> Nar {
         Nar {
-            path: store_path(name),
+            path: path.to_owned(),
             hash: Sha256Hash::digest(&bytes),
             bytes,
         }

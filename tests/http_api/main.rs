@@ -16,11 +16,9 @@ mod parts;
 mod reads;
 mod uploads;
 
-use std::collections::BTreeMap;
-
 use common::{Body, HttpResponse, InProcess, http_request};
-pub use common::{hash_part, noise, store_path};
-use ferry::nar::{Sha256Hash, Tree, write_nar};
+pub use common::{Nar, hash_part, noise, store_path};
+use ferry::nar::Sha256Hash;
 use serde_json::{Value, json};
 
 /// `Authorization: Bearer <token>`.
@@ -85,44 +83,8 @@ pub fn create_cache(s: &InProcess, name: &str, public: bool) -> Value {
     r.json()
 }
 
-/// A NAR for a store path, with its bytes and hash.
-pub struct Nar {
-    pub path: String,
-    pub bytes: Vec<u8>,
-    pub hash: Sha256Hash,
-}
-
+/// What these tests send of a [`Nar`].
 impl Nar {
-    /// A directory NAR (an executable of `size` bytes and a symlink) for
-    /// the store path named `name`.
-    pub fn new(name: &str, size: usize) -> Nar {
-        let mut entries = BTreeMap::new();
-        entries.insert(
-            "bin".to_owned(),
-            Tree::Regular {
-                executable: true,
-                contents: noise(name, size),
-            },
-        );
-        entries.insert(
-            "link".to_owned(),
-            Tree::Symlink {
-                target: "bin".into(),
-            },
-        );
-        Self::from_bytes(&store_path(name), write_nar(&Tree::Directory(entries)))
-    }
-
-    /// Any bytes, declared as the NAR of `path`.
-    pub fn from_bytes(path: &str, bytes: Vec<u8>) -> Nar {
-        let hash = Sha256Hash::digest(&bytes);
-        Nar {
-            path: path.to_owned(),
-            bytes,
-            hash,
-        }
-    }
-
     /// The NAR compressed with zstd.
     pub fn zst(&self) -> Vec<u8> {
         zstd::encode_all(&self.bytes[..], 3).unwrap()
