@@ -105,7 +105,13 @@ pub enum Error {
     Unauthenticated,
     #[error("your token does not allow `{0}` on this cache; ask for a token with the `{0}` right")]
     Forbidden(Operation),
-    #[error("the server is short of disk space or another resource: try again later")]
+    #[error(
+        "the server's disk is full: everything acknowledged so far is kept; send the same request again once space is freed"
+    )]
+    InsufficientStorage(String),
+    #[error(
+        "the server met a temporary fault (an I/O error, or a file it needed was busy): nothing was lost; try again later"
+    )]
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
@@ -182,6 +188,7 @@ impl Error {
             },
             Error::Unauthenticated => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::InsufficientStorage(_) => "insufficient_storage",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
@@ -229,19 +236,70 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether this is a fault of the server's own storage (disk full, I/O
+    /// error): the request may succeed later, and nothing was decided
+    /// about the client's bytes.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Error::InsufficientStorage(_) | Error::Unavailable(_))
+    }
+
+    /// Seconds a client should wait before retrying, for the faults that
+    /// pass: sent as `Retry-After`.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Error::InsufficientStorage(_) => Some(10),
+            Error::Unavailable(_) => Some(5),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// A copy of an error that leaves an upload open (a fault, or parts
+    /// the server found lost), for every `complete` call waiting on the
+    /// same verification. Other errors are reported as a temporary fault.
+    pub fn retry_copy(&self) -> Error {
+        match self {
+            Error::InsufficientStorage(s) => Error::InsufficientStorage(s.clone()),
+            Error::MissingParts { missing } => Error::MissingParts {
+                missing: missing.clone(),
+            },
+            Error::Unavailable(s) | Error::Internal(s) => Error::Unavailable(s.clone()),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// `ENOSPC` and `EDQUOT` on Linux: no space (or quota) left.
+const DISK_FULL_ERRNOS: [i32; 2] = [28, 122];
+
 impl From<std::io::Error> for Error {
+    /// An I/O error is a fault, never a verdict: a full disk answers 507,
+    /// any other I/O error 503, both with `Retry-After`. The OS wording
+    /// goes to the log only.
     fn from(e: std::io::Error) -> Self {
-        // ENOSPC is worth telling the user about; everything else is ours.
-        if e.raw_os_error() == Some(28) {
-            Error::Unavailable(e.to_string())
+        if e.raw_os_error().is_some_and(|c| DISK_FULL_ERRNOS.contains(&c)) {
+            Error::InsufficientStorage(e.to_string())
         } else {
-            Error::Internal(e.to_string())
+            Error::Unavailable(e.to_string())
         }
     }
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Internal(format!("sqlite: {e}"))
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Error::InsufficientStorage(format!("sqlite: {e}")),
+            Some(
+                ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory,
+            ) => Error::Unavailable(format!("sqlite: {e}")),
+            _ => Error::Internal(format!("sqlite: {e}")),
+        }
     }
 }

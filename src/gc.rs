@@ -5,13 +5,16 @@
 //!    bump a path's last access; they are batched in memory by
 //!    [`AccessLog`], not written one per request);
 //! 2. unpublish paths whose cache has a retention and whose last access
-//!    is older than it (one statement per cache, whatever the backlog);
+//!    is older than it, except those a kept path needs (a kept path keeps
+//!    its whole closure);
 //! 3. remove uploads past their expiry, with their parts;
-//! 4. delete NAR rows no path references (older than the grace period,
-//!    so a dedup link in flight still finds its NAR);
-//! 5. delete blob files no NAR chunk references and last touched before
-//!    the grace period (the store stamps a blob when it adopts it, so a
-//!    publish about to commit is never robbed of its blob).
+//! 4. delete NAR rows no path publishes;
+//! 5. delete the blobs nothing refers to any more, at once: under the
+//!    writer, file first, then row (see `db::blobs`), so the bytes of a
+//!    path unpublished in step 2 are freed in this same run;
+//! 6. sweep what no row knows: store files and upload directories left by
+//!    a crash (or an older version), once older than the grace period.
+//!    The grace protects only files the database does not know yet.
 //!
 //! Every step works on the whole backlog in one pass: there is no batch
 //! size that could leave work behind.
@@ -20,10 +23,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::params;
 use serde::Serialize;
 
-use crate::db::{self, Db};
+use crate::db::{self, Db, blobs};
 use crate::error::{Error, Result};
 use crate::store::SharedStore;
 use crate::upload::Engine;
@@ -61,23 +63,8 @@ impl AccessLog {
         if paths.is_empty() && nars.is_empty() {
             return Ok(());
         }
-        db.write(move |tx| {
-            let now = db::now();
-            let mut p = tx.prepare_cached(
-                "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND hash_part = ?2",
-            )?;
-            for (cache, hash) in &paths {
-                p.execute(params![cache, hash, now])?;
-            }
-            let mut n = tx.prepare_cached(
-                "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2",
-            )?;
-            for (cache, nar) in &nars {
-                n.execute(params![cache, nar, now])?;
-            }
-            Ok(())
-        })
-        .await
+        db.write(move |tx| db::gc::touch(tx, &paths, &nars, db::now()))
+            .await
     }
 }
 
@@ -89,6 +76,8 @@ pub struct Report {
     pub nars_removed: u64,
     pub blobs_removed: u64,
     pub bytes_freed: u64,
+    /// Store files and upload directories no row knew, swept.
+    pub leftovers_removed: u64,
 }
 
 /// Everything a run needs.
@@ -97,7 +86,7 @@ pub struct Collector {
     pub store: SharedStore,
     pub engine: Arc<Engine>,
     pub access: Arc<AccessLog>,
-    /// Blobs and NAR rows younger than this are left alone.
+    /// Files no row knows that are younger than this are left alone.
     pub grace: Duration,
     /// Where runs and freed bytes are counted.
     pub metrics: Arc<crate::server::metrics::Metrics>,
@@ -110,73 +99,111 @@ impl Collector {
         self.access.flush(&self.db).await?;
         report.paths_expired = self
             .db
-            .write(|tx| {
-                let now = db::now();
-                let n = tx.execute(
-                    "DELETE FROM paths WHERE id IN (
-                       SELECT p.id FROM paths p JOIN caches c ON c.id = p.cache_id
-                       WHERE c.retention_secs IS NOT NULL AND p.last_access < ?1 - c.retention_secs)",
-                    [now],
-                )?;
-                Ok(n as u64)
-            })
+            .write(|tx| db::gc::expire_paths(tx, db::now()))
             .await?;
         report.uploads_removed = self.engine.sweep_expired().await? as u64;
-        let grace = self.grace.as_secs() as i64;
         report.nars_removed = self
             .db
-            .write(move |tx| {
-                let n = tx.execute(
-                    "DELETE FROM nars WHERE created_at <= ?1
-                       AND NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = nars.id)",
-                    [db::now() - grace],
-                )?;
-                Ok(n as u64)
-            })
+            .write(|tx| db::gc::delete_unpublished_nars(tx))
             .await?;
-        let (blobs, bytes) = self.sweep_blobs().await?;
+        let (blobs, bytes) = self.delete_unreferenced().await?;
         report.blobs_removed = blobs;
         report.bytes_freed = bytes;
+        report.leftovers_removed = self.sweep_unknown_blobs().await?
+            + self.engine.sweep_unknown_dirs(self.grace).await? as u64;
         self.metrics.gc(bytes);
         Ok(report)
     }
 
-    /// Deletes blobs that no chunk references, past the grace period.
-    async fn sweep_blobs(&self) -> Result<(u64, u64)> {
-        let referenced: HashSet<String> = self
-            .db
-            .call(|c| {
-                let mut stmt = c.prepare("SELECT DISTINCT blob FROM nar_chunks")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// Deletes the blobs no NAR and no upload refers to: each file, then
+    /// its row, inside one write transaction, so nothing can claim a blob
+    /// between the check and the delete.
+    async fn delete_unreferenced(&self) -> Result<(u64, u64)> {
+        let store = self.store.clone();
+        self.db
+            .write(move |tx| {
+                let (mut count, mut bytes) = (0, 0);
+                for (id, size) in blobs::unreferenced(tx)? {
+                    crate::crash_point!("gc.before_delete");
+                    store.delete(&id)?;
+                    crate::crash_point!("gc.after_delete");
+                    blobs::forget(tx, &id)?;
+                    count += 1;
+                    bytes += size;
+                }
+                Ok((count, bytes))
             })
-            .await?;
+            .await
+    }
+
+    /// Deletes store files that no row knows, once older than the grace.
+    /// Each is checked again under the writer, since a publish records
+    /// its blobs (under the writer) before it moves them in.
+    async fn sweep_unknown_blobs(&self) -> Result<u64> {
+        let known = self.db.call(|c| blobs::all(c)).await?;
         let store = self.store.clone();
         let grace = self.grace;
-        tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        let candidates: Vec<String> = tokio::task::spawn_blocking(move || -> Result<_> {
             let now = SystemTime::now();
-            let (mut count, mut bytes) = (0, 0);
-            for blob in store.list()? {
-                let old = now
-                    .duration_since(blob.modified)
-                    .is_ok_and(|age| age >= grace);
-                // Look again right before deleting: a publish may have
-                // re-stored (and so re-stamped) it since the listing.
-                let still_old = || -> std::io::Result<bool> {
-                    Ok(store
-                        .modified(&blob.id)?
-                        .is_some_and(|m| now.duration_since(m).is_ok_and(|age| age >= grace)))
-                };
-                if old && !referenced.contains(&blob.id) && still_old()? {
-                    store.delete(&blob.id)?;
-                    count += 1;
-                    bytes += blob.size;
-                }
-            }
-            Ok((count, bytes))
+            Ok(store
+                .list()?
+                .into_iter()
+                .filter(|b| !known.contains(&b.id))
+                .filter(|b| now.duration_since(b.modified).is_ok_and(|a| a >= grace))
+                .map(|b| b.id)
+                .collect())
         })
         .await
-        .map_err(Error::internal)?
+        .map_err(Error::internal)??;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        self.db
+            .write(move |tx| {
+                let mut n = 0;
+                for id in candidates {
+                    if !blobs::is_known(tx, &id)? {
+                        tracing::info!(blob = %id, "removing a store file no row knows");
+                        store.delete(&id)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// At start: every blob a stored NAR is made of must have its file.
+    /// A NAR whose file vanished is unpublished (with a log line naming
+    /// its paths) rather than served broken.
+    pub async fn reconcile(&self) -> Result<u64> {
+        let live = self.db.call(|c| blobs::live(c)).await?;
+        let store = self.store.clone();
+        let missing: Vec<String> = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut out = vec![];
+            for id in live {
+                if !store.exists(&id)? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(Error::internal)??;
+        let mut unpublished = 0;
+        for id in missing {
+            let key = id.clone();
+            let paths = self
+                .db
+                .write(move |tx| blobs::unpublish_users_of(tx, &key))
+                .await?;
+            for p in &paths {
+                tracing::error!(blob = %id, path = %p, "a stored blob is missing: unpublished the path; push it again");
+            }
+            unpublished += paths.len() as u64;
+        }
+        Ok(unpublished)
     }
 }
 

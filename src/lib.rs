@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod crash;
 pub mod db;
 pub mod error;
 pub mod gc;

@@ -24,6 +24,7 @@ fn init_tracing(format: &str) {
 
 /// `ferry gc`: one collection against the data dir, then a report.
 pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
+    ferry::crash::arm_from_env().map_err(anyhow::Error::msg)?;
     let cfg = location.load()?;
     cfg.validate()?;
     if !service::DataDir::new(&cfg.data_dir).db().exists() {
@@ -46,6 +47,7 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    ferry::crash::arm_from_env().map_err(anyhow::Error::msg)?;
     let mut cfg = args.location.load()?;
     if let Some(l) = args.listen {
         cfg.listen = l;
@@ -72,6 +74,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let collector = std::sync::Arc::new(service::collector(&opened.state, &cfg));
+        // Disk and database agree before anything is served.
+        if let Err(e) = collector.reconcile().await {
+            tracing::warn!(error = %e, "checking the blob store against the database failed");
+        }
         let interval = std::time::Duration::from_secs(cfg.gc_interval_secs);
         tokio::spawn(ferry::gc::run_periodic(collector, interval));
         let (db, access) = (opened.state.db.clone(), opened.state.access.clone());

@@ -72,53 +72,84 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
         message,
     };
     let mut restarts = 0;
-    let (id, parts) = loop {
-        let (id, part_size, known) = match prepare(&ctx, &info).await? {
-            Prepared::Committed(outcome) => return Ok(outcome),
-            Prepared::Upload {
-                id,
-                part_size,
-                known,
-            } => (id, part_size, known),
-        };
-        match send_parts(&ctx, &path, &id, part_size, known, &bar).await {
-            Ok(n) => break (id, n),
-            Err(SendError::Fatal(e)) => return Err(e),
-            Err(SendError::Restart(n)) => {
-                restarts += 1;
-                ctx.progress.println(&format!(
-                    "{path}: part {n} differs from the one the server has; starting this path again"
-                ));
-                let _ = ctx.api.abandon(&id).await;
-                ctx.state.forget(&path)?;
-                if restarts > 2 {
-                    return Err(fail(
-                        "the NAR changes between dumps; is the store path being modified?".into(),
+    let mut rounds = 0;
+    loop {
+        let (id, parts) = loop {
+            let (id, part_size, known) = match prepare(&ctx, &info).await? {
+                Prepared::Committed(outcome) => return Ok(outcome),
+                Prepared::Upload {
+                    id,
+                    part_size,
+                    known,
+                } => (id, part_size, known),
+            };
+            match send_parts(&ctx, &path, &id, part_size, known, &bar).await {
+                Ok(n) => break (id, n),
+                Err(SendError::Fatal(e)) => return Err(e),
+                Err(SendError::Restart(n)) => {
+                    restarts += 1;
+                    ctx.progress.println(&format!(
+                        "{path}: part {n} differs from the one the server has; starting this path again"
                     ));
+                    let _ = ctx.api.abandon(&id).await;
+                    ctx.state.forget(&path)?;
+                    if restarts > 2 {
+                        return Err(fail(
+                            "the NAR changes between dumps; is the store path being modified?"
+                                .into(),
+                        ));
+                    }
                 }
             }
+        };
+        wait_for_references(&ctx, &info).await?;
+        bar.set_message("verifying");
+        let done = match ctx.api.complete(&id, parts).await {
+            Ok(Completed::Committed) => Ok(Settled::Committed),
+            Ok(Completed::Verifying) => poll_until_settled(&ctx.api, &id).await,
+            // A retried `complete` may find the upload already closed.
+            Err(e) if e.status() == Some(409) => {
+                poll_until_settled(&ctx.api, &id).await.map_err(|_| e)
+            }
+            // The server found a part lost (or a fault reopened the
+            // upload): send what it lacks, then complete again.
+            Err(e) if e.api_code() == Some("missing_parts") => Ok(Settled::Open),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(Settled::Committed) => {
+                ctx.state.forget(&path)?;
+                return Ok(Outcome::Pushed);
+            }
+            Ok(Settled::Open) if rounds < 3 => {
+                rounds += 1;
+                ctx.progress.println(&format!(
+                    "{path}: the server reopened the upload; sending the parts it lacks"
+                ));
+            }
+            Ok(Settled::Open) => {
+                return Err(fail(
+                    "the server keeps reopening this upload; check its logs".into(),
+                ));
+            }
+            Err(e) => {
+                if matches!(
+                    e.api_code(),
+                    Some("nar_hash_mismatch" | "nar_size_mismatch") | Some("upload_failed")
+                ) {
+                    ctx.state.forget(&path)?;
+                }
+                return Err(e);
+            }
         }
-    };
-    wait_for_references(&ctx, &info).await?;
-    bar.set_message("verifying");
-    let done = match ctx.api.complete(&id, parts).await {
-        Ok(Completed::Committed) => Ok(()),
-        Ok(Completed::Verifying) => poll_until_settled(&ctx.api, &id).await,
-        // A retried `complete` may find the upload already closed.
-        Err(e) if e.status() == Some(409) => poll_until_settled(&ctx.api, &id).await.map_err(|_| e),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = &done
-        && matches!(
-            e.api_code(),
-            Some("nar_hash_mismatch" | "nar_size_mismatch") | Some("upload_failed")
-        )
-    {
-        ctx.state.forget(&path)?;
     }
-    done?;
-    ctx.state.forget(&path)?;
-    Ok(Outcome::Pushed)
+}
+
+/// Where a completed upload ended up.
+enum Settled {
+    Committed,
+    /// Open again: parts to send (a fault or a lost part reopened it).
+    Open,
 }
 
 enum Prepared {
@@ -152,7 +183,7 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
                 let _ = ctx.api.abandon(&saved.upload_id).await;
             }
             Ok(st) if st.state == "committed" || st.state == "verifying" => {
-                if poll_until_settled(&ctx.api, &saved.upload_id).await.is_ok() {
+                if let Ok(Settled::Committed) = poll_until_settled(&ctx.api, &saved.upload_id).await {
                     ctx.state.forget(&info.path)?;
                     return Ok(Prepared::Committed(Outcome::Pushed));
                 }
@@ -297,13 +328,13 @@ async fn wait_for_references(ctx: &Ctx, info: &PathInfo) -> Result<()> {
     Ok(())
 }
 
-/// Polls an upload until it is committed (`Ok`) or failed (`Err`).
-async fn poll_until_settled(api: &Api, id: &str) -> Result<()> {
+/// Polls an upload until it is committed, open again, or failed (`Err`).
+async fn poll_until_settled(api: &Api, id: &str) -> Result<Settled> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let st = api.upload_status(id).await?;
         match st.state.as_str() {
-            "committed" => return Ok(()),
+            "committed" => return Ok(Settled::Committed),
             "failed" => {
                 return Err(ClientError::Push {
                     path: st.store_path,
@@ -315,12 +346,7 @@ async fn poll_until_settled(api: &Api, id: &str) -> Result<()> {
                     ),
                 });
             }
-            "open" => {
-                return Err(ClientError::Push {
-                    path: st.store_path,
-                    message: "the server still waits for parts of this upload".into(),
-                });
-            }
+            "open" => return Ok(Settled::Open),
             _ if tokio::time::Instant::now() > deadline => {
                 return Err(ClientError::Push {
                     path: st.store_path,

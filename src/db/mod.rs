@@ -21,7 +21,9 @@
 //! Migrations are the files of `schema/`, compiled in and applied in order;
 //! `PRAGMA user_version` records how many have run.
 
+pub mod blobs;
 pub mod caches;
+pub mod gc;
 pub mod logs;
 pub mod nars;
 pub mod revocations;
@@ -49,6 +51,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_listings_logs",
         include_str!("../../schema/0004_listings_logs.sql"),
     ),
+    ("0005_blobs", include_str!("../../schema/0005_blobs.sql")),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

@@ -112,26 +112,40 @@ pub fn chunks(conn: &Connection, nar_id: i64) -> Result<Vec<Chunk>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Publishes (or re-publishes) a store path in a cache.
-pub fn upsert_path(
+/// Publishes a store path in a cache. A path already published keeps its
+/// row: a served narinfo never changes until the path is deleted (the
+/// first writer wins). Returns whether this call published it.
+pub fn insert_path(
     conn: &Connection,
     cache_id: i64,
     hash_part: &str,
     store_path: &str,
     nar_id: i64,
     narinfo: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let now = super::now();
-    conn.execute(
+    let n = conn.execute(
         "INSERT INTO paths (cache_id, hash_part, store_path, nar_id, narinfo, created_at, last_access)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-         ON CONFLICT (cache_id, hash_part) DO UPDATE SET
-           store_path = excluded.store_path, nar_id = excluded.nar_id,
-           narinfo = excluded.narinfo, created_at = excluded.created_at,
-           last_access = excluded.last_access",
+         ON CONFLICT (cache_id, hash_part) DO NOTHING",
         params![cache_id, hash_part, store_path, nar_id, narinfo, now],
     )?;
-    Ok(())
+    Ok(n > 0)
+}
+
+/// The NarHash a cache publishes for a path, if it has the path.
+pub fn published_nar_hash(
+    conn: &Connection,
+    cache_id: i64,
+    hash_part: &str,
+) -> Result<Option<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n.nar_hash FROM paths p JOIN nars n ON n.id = p.nar_id
+         WHERE p.cache_id = ?1 AND p.hash_part = ?2",
+    )?;
+    Ok(stmt
+        .query_row(params![cache_id, hash_part], |r| r.get(0))
+        .optional()?)
 }
 
 /// The signed narinfo text of a path in a cache.

@@ -201,6 +201,33 @@ pub fn set_state(
     Ok(())
 }
 
+/// Moves an upload that was verifying back to `open` (a fault stopped
+/// its verification; the same upload can be completed again).
+pub fn reopen(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE uploads SET state = 'open' WHERE id = ?1 AND state = 'verifying'",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Drops the row of part `n` if it still names `blake3`: the file was
+/// found lost or changed, and the client must send the part again.
+/// `false` when the part was replaced meanwhile.
+pub fn drop_part_if(conn: &Connection, id: &str, n: u32, blake3: &str) -> Result<bool> {
+    let k = conn.execute(
+        "DELETE FROM upload_parts WHERE upload_id = ?1 AND n = ?2 AND blake3 = ?3",
+        params![id, n, blake3],
+    )?;
+    Ok(k > 0)
+}
+
+/// Drops every part row of an upload (it was published).
+pub fn delete_parts(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
+    Ok(())
+}
+
 /// Removes an upload and its part rows.
 pub fn delete(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("DELETE FROM uploads WHERE id = ?1", [id])?;

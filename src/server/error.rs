@@ -60,6 +60,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Unauthenticated => StatusCode::UNAUTHORIZED,
         Error::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -73,7 +74,9 @@ impl ResponseError for Error {
     fn error_response(&self) -> HttpResponse {
         let status = status_of(self);
         match self {
-            Error::Internal(detail) | Error::Unavailable(detail) => {
+            Error::Internal(detail)
+            | Error::Unavailable(detail)
+            | Error::InsufficientStorage(detail) => {
                 tracing::error!(error = %detail, "request failed");
             }
             Error::Auth(AuthError::Internal(detail)) => {
@@ -86,6 +89,9 @@ impl ResponseError for Error {
             res.insert_header(("tus-version", "1.0.0"));
         }
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if let Some(secs) = self.retry_after() {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.insert_header((
                 header::WWW_AUTHENTICATE,

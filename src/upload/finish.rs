@@ -3,22 +3,68 @@
 //! [`Engine::advance`] folds parts into the verifier as far as the
 //! contiguous prefix reaches; it runs after every part and again at
 //! `complete`, so by the time the last part lands most of the work is done.
-//! Publishing moves the blobs into the store (a rename each, no copy),
-//! then writes the NAR row (with its `.ls` listing), the path row with its
-//! signed narinfo, and the upload's new state in one transaction.
+//! Every part is hashed again (blake3) as it is folded: a part whose file
+//! no longer matches its row, or vanished, is dropped and reported as
+//! missing, so the client sends it again and no blob is ever stored under
+//! a name that is not its hash.
+//!
+//! Publishing, each step durable before the next (a crash point between
+//! each two):
+//! 1. claim the blobs: their rows are written, tied to the upload, before
+//!    any file moves, so GC cannot take them;
+//! 2. move the files into the store (a rename each, no copy);
+//! 3. one transaction: the NAR row (with its `.ls` listing), the path row
+//!    with its signed narinfo, the upload committed, its claims released.
+//!    A path already published in the cache is never replaced: the first
+//!    writer wins, and the later upload's bytes are released to GC;
+//! 4. remove the upload's directory.
+//!
+//! A fault (disk full, I/O error, a lost part) reopens the upload with
+//! every acknowledged part; only a verdict on the bytes fails it.
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rusqlite::Transaction;
 
 use super::verifier::{Compression, Verdict, Verifier};
 use super::{Completion, Engine};
-use crate::db::Db;
 use crate::db::caches::{self, CacheRow};
 use crate::db::nars::{self, Chunk, NarRow, NewNar};
-use crate::db::uploads::{self, PartRow, UploadMeta, UploadRow, UploadState};
+use crate::db::uploads::{self, UploadMeta, UploadRow, UploadState};
+use crate::db::{Db, blobs};
 use crate::error::{Error, Result};
 use crate::nar::{NarInfo, Sha256Hash, SigningKey, StorePath};
+
+/// A reader that hashes (blake3) what it reads.
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A part to fold: its number, its file, and the blake3 its row names.
+struct Source {
+    n: u32,
+    path: PathBuf,
+    blake3: String,
+}
+
+/// How a fold of several parts ended.
+enum Folded {
+    Done,
+    /// Part `n`'s bytes are gone or are not those its row names.
+    Lost(Source),
+    Failed(Error),
+}
 
 impl Engine {
     /// Folds every received part that extends the verified prefix, up to
@@ -35,7 +81,7 @@ impl Engine {
         let needs_reset = s.stale
             || s.verifier.is_none()
             || matches!((&s.verifier, until), (Some(v), Some(u)) if v.next > u + 1);
-        let mut verifier = if needs_reset {
+        let verifier = if needs_reset {
             s.stale = false;
             s.failed = None;
             let row = self.get(id).await?;
@@ -50,6 +96,9 @@ impl Engine {
                 .join(format!("nar-{}.zst", uuid::Uuid::now_v7().simple()));
             let level = self.cfg.zstd_level;
             tokio::task::spawn_blocking(move || {
+                if let Some(dir) = out.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
                 Verifier::new(compression, row.nar_size, &out, level)
             })
             .await
@@ -72,11 +121,13 @@ impl Engine {
         }
         let key = id.to_owned();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
-        let sources: Vec<(std::path::PathBuf, Option<String>)> = todo
+        let sources: Vec<Source> = todo
             .iter()
-            .map(|&n| {
-                let blob = parts.iter().find(|p| p.n == n).map(|p| p.blake3.clone());
-                (self.part_path(id, n), blob)
+            .filter_map(|&n| parts.iter().find(|p| p.n == n))
+            .map(|p| Source {
+                n: p.n,
+                path: self.part_path(id, p.n),
+                blake3: p.blake3.clone(),
             })
             .collect();
         let store = self.store.clone();
@@ -86,32 +137,37 @@ impl Engine {
             .map(|p| p.size)
             .sum();
         let started = std::time::Instant::now();
-        let (verifier, res) = tokio::task::spawn_blocking(move || {
-            for (path, blob) in sources {
-                // A part already moved into the blob store by an
-                // interrupted publish is read from there.
-                let reader: Box<dyn std::io::Read + Send> = match std::fs::File::open(&path) {
-                    Ok(f) => Box::new(f),
-                    Err(e) => match blob {
-                        Some(b) if store.exists(&b).unwrap_or(false) => match store.open(&b, 0) {
-                            Ok(r) => r,
-                            Err(e) => return (verifier, Err(Error::from(e))),
-                        },
-                        _ => return (verifier, Err(Error::from(e))),
-                    },
-                };
-                if let Err(e) = verifier.fold(reader) {
-                    return (verifier, Err(e));
-                }
-            }
-            (verifier, Ok(()))
+        let (verifier, folded) = tokio::task::spawn_blocking(move || {
+            let mut verifier = verifier;
+            let folded = fold_parts(&mut verifier, &store, sources);
+            (verifier, folded)
         })
         .await
         .map_err(Error::internal)?;
         self.stats.verified(bytes, started.elapsed());
-        match res {
-            Ok(()) => s.verifier = Some(verifier),
-            Err(e) => s.failed = Some(e),
+        match folded {
+            Folded::Done => s.verifier = Some(verifier),
+            Folded::Failed(e) => s.failed = Some(e),
+            Folded::Lost(part) => {
+                tracing::warn!(
+                    upload = %id, part = part.n,
+                    "a part's file is gone or does not hash to its recorded blake3: dropped, the client will send it again"
+                );
+                let key = id.to_owned();
+                let (n, blake3) = (part.n, part.blake3.clone());
+                if self
+                    .db
+                    .write(move |tx| uploads::drop_part_if(tx, &key, n, &blake3))
+                    .await?
+                {
+                    s.present.remove(&part.n);
+                }
+                // Fold again from part 1 once the part is back.
+                s.stale = true;
+                s.failed = Some(Error::MissingParts {
+                    missing: vec![part.n],
+                });
+            }
         }
         Ok(())
     }
@@ -119,6 +175,17 @@ impl Engine {
     /// Completes an upload of `total` parts: verifies and publishes, or
     /// answers `Verifying` when that takes longer than the configured wait.
     pub async fn complete(self: &Arc<Self>, id: &str, total: u32) -> Result<Completion> {
+        self.complete_within(id, total, self.cfg.complete_wait)
+            .await
+    }
+
+    /// [`Engine::complete`], waiting up to `wait` for the verdict.
+    pub async fn complete_within(
+        self: &Arc<Self>,
+        id: &str,
+        total: u32,
+        wait: std::time::Duration,
+    ) -> Result<Completion> {
         let row = self.get(id).await?;
         match row.state {
             UploadState::Committed => {
@@ -145,38 +212,39 @@ impl Engine {
             match finishing.get(id) {
                 Some(rx) => rx.clone(),
                 None => {
-                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let (tx, rx) = tokio::sync::watch::channel(None);
                     finishing.insert(id.to_owned(), rx.clone());
                     let engine = self.clone();
                     let id = id.to_owned();
-                    tokio::spawn(async move {
-                        if let Err(e) = engine.finish(&id, total).await {
-                            tracing::error!(upload = %id, error = %e, "finishing an upload failed");
+                    self.rt.spawn(async move {
+                        let outcome = engine.finish(&id, total).await;
+                        if let Err(e) = &outcome {
+                            tracing::warn!(upload = %id, error = %e, "finishing an upload stopped; it stays open");
                         }
                         if let Ok(mut f) = engine.finishing.lock() {
                             f.remove(&id);
                         }
-                        let _ = tx.send(true);
+                        let _ = tx.send(Some(outcome.err()));
                     });
                     rx
                 }
             }
         };
-        let timed_out = tokio::time::timeout(self.cfg.complete_wait, rx.wait_for(|d| *d))
-            .await
-            .is_err();
-        if timed_out {
-            return Ok(Completion::Verifying);
-        }
+        let fault = match tokio::time::timeout(wait, rx.wait_for(|d| d.is_some())).await
+        {
+            Err(_) => return Ok(Completion::Verifying),
+            Ok(Err(_)) => None,
+            Ok(Ok(done)) => done.as_ref().and_then(|e| e.as_ref().map(Error::retry_copy)),
+        };
         let row = self.get(id).await?;
         match row.state {
             UploadState::Committed => Ok(Completion::Committed {
                 narinfo_url: self.narinfo_url(&row).await?,
             }),
             UploadState::Failed => Err(Error::UploadFailed(row.error.unwrap_or_default())),
-            UploadState::Open | UploadState::Verifying => Err(Error::Unavailable(
-                "verification could not finish; call complete again".into(),
-            )),
+            UploadState::Open | UploadState::Verifying => Err(fault.unwrap_or_else(|| {
+                Error::Unavailable("verification could not finish; call complete again".into())
+            })),
         }
     }
 
@@ -198,6 +266,8 @@ impl Engine {
     }
 
     /// The background half of `complete`: fold the tail, judge, publish.
+    /// `Err` means a fault left the upload open (it can be completed
+    /// again); a verdict against the bytes is `Ok`, with the upload failed.
     async fn finish(self: &Arc<Self>, id: &str, total: u32) -> Result<()> {
         // Close the slot first: from here on no part may be replaced and no
         // background fold may start (record_part and advance check this
@@ -208,41 +278,47 @@ impl Engine {
         let claimed = self
             .db
             .write(move |tx| uploads::claim_for_verifying(tx, &key, total))
-            .await?;
-        if !claimed {
-            return Ok(()); // already committed or failed by another finisher
+            .await;
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => return Ok(()), // committed or failed by another finisher
+            Err(e) => {
+                self.slots.lock().map_err(Error::internal)?.remove(id);
+                return Err(e);
+            }
         }
         let verdict = self.verdict(id, total).await;
-        let row = self.get(id).await?;
-        let outcome = verdict.and_then(|v| judge(&row, v));
-        match outcome {
-            Ok(verdict) => self.publish(row, verdict, total).await,
-            Err(e) if !e.is_verdict() => {
-                // Not the client's fault (I/O, disk full): keep the parts,
-                // reopen, and let `complete` be called again.
-                let key = id.to_owned();
-                self.db
-                    .write(move |tx| uploads::set_state(tx, &key, UploadState::Open, None, None))
-                    .await?;
-                self.slots.lock().map_err(Error::internal)?.remove(id);
-                Err(e)
-            }
-            Err(e) => {
-                let body = e.to_json();
-                let key = id.to_owned();
-                self.db
-                    .write(move |tx| {
-                        uploads::set_state(tx, &key, UploadState::Failed, None, Some(&body))
-                    })
-                    .await?;
-                self.slots.lock().map_err(Error::internal)?.remove(id);
-                let dir = self.dir_of(id);
-                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
-                    .await
-                    .map_err(Error::internal)??;
-                Ok(())
-            }
+        let outcome = match self.get(id).await {
+            Ok(row) => match verdict.and_then(|v| judge(&row, v)) {
+                Ok(verdict) => self.publish(row, verdict, total).await,
+                Err(e) if e.is_verdict() => return self.fail(id, e).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            // Not the client's fault (disk full, I/O, a lost part): keep
+            // every part, reopen, and let `complete` be called again.
+            self.slots.lock().map_err(Error::internal)?.remove(id);
+            let key = id.to_owned();
+            self.db.write(move |tx| uploads::reopen(tx, &key)).await?;
         }
+        outcome
+    }
+
+    /// Fails an upload for good with verdict `e`; its parts are removed.
+    async fn fail(&self, id: &str, e: Error) -> Result<()> {
+        let body = e.to_json();
+        let key = id.to_owned();
+        self.db
+            .write(move |tx| uploads::set_state(tx, &key, UploadState::Failed, None, Some(&body)))
+            .await?;
+        self.slots.lock().map_err(Error::internal)?.remove(id);
+        let dir = self.dir_of(id);
+        tokio::task::spawn_blocking(move || super::remove_dir_if_present(&dir))
+            .await
+            .map_err(Error::internal)??;
+        Ok(())
     }
 
     async fn verdict(self: &Arc<Self>, id: &str, total: u32) -> Result<Verdict> {
@@ -252,16 +328,15 @@ impl Engine {
         if let Some(e) = s.failed.take() {
             return Err(e);
         }
-        let v = s
-            .verifier
-            .take()
-            .ok_or_else(|| Error::internal("verifier missing"))?;
-        if v.next != total + 1 {
-            return Err(Error::internal(format!(
-                "verifier at part {} of {total}",
-                v.next
-            )));
-        }
+        let v = match s.verifier.take() {
+            Some(v) if v.next == total + 1 => v,
+            other => {
+                // A part was dropped (lost) since `complete` checked.
+                let next = other.map_or(1, |v| v.next);
+                let missing = (next..=total).filter(|n| !s.present.contains(n)).collect();
+                return Err(Error::MissingParts { missing });
+            }
+        };
         tokio::task::spawn_blocking(move || v.finish())
             .await
             .map_err(Error::internal)?
@@ -273,40 +348,94 @@ impl Engine {
         mut verdict: Verdict,
         total: u32,
     ) -> Result<()> {
+        crate::crash_point!("publish.after_verdict");
         let key = row.id.clone();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
-        let parts: Vec<PartRow> = parts.into_iter().filter(|p| p.n <= total).collect();
-        let store = self.store.clone();
-        let paths: Vec<_> = parts.iter().map(|p| self.part_path(&row.id, p.n)).collect();
         let listing = verdict.listing.take();
-        let (chunks, file_hash, file_size) = tokio::task::spawn_blocking(move || -> Result<_> {
-            if let Some(c) = verdict.compressed {
-                store.adopt(&c.blake3, &c.path)?;
-                let chunk = Chunk {
-                    blob: c.blake3,
-                    size: c.size,
+        // The blobs of the stored file, and the file each comes from now.
+        let (sources, file_hash, file_size) = match verdict.compressed.take() {
+            Some(c) => {
+                let source = Source {
+                    n: 0,
+                    path: c.path,
+                    blake3: c.blake3,
                 };
-                return Ok((vec![chunk], c.sha256, c.size));
+                (vec![(source, c.size)], c.sha256, c.size)
             }
-            let mut chunks = vec![];
-            for (p, path) in parts.iter().zip(paths) {
-                if p.size == 0 {
-                    continue;
+            None => {
+                let sources = parts
+                    .iter()
+                    .filter(|p| p.n <= total && p.size > 0)
+                    .map(|p| {
+                        let source = Source {
+                            n: p.n,
+                            path: self.part_path(&row.id, p.n),
+                            blake3: p.blake3.clone(),
+                        };
+                        (source, p.size)
+                    })
+                    .collect();
+                (sources, verdict.upload_hash, verdict.upload_size)
+            }
+        };
+        let chunks: Vec<Chunk> = sources
+            .iter()
+            .map(|(s, size)| Chunk {
+                blob: s.blake3.clone(),
+                size: *size,
+            })
+            .collect();
+        let path = {
+            let cache_id = row.cache_id;
+            let cache = self
+                .db
+                .call(move |c| caches::get_by_id(c, cache_id))
+                .await?
+                .ok_or_else(|| Error::CacheNotFound(row.cache_id.to_string()))?;
+            StorePath::parse(&row.store_path, &cache.store_dir)?
+        };
+        // 1. Claim: rows before files. Nothing to store when the cache
+        // has the path already (first writer wins).
+        let claim: Vec<(String, u64)> = chunks.iter().map(|c| (c.blob.clone(), c.size)).collect();
+        let (id, cache_id, hash_part) = (row.id.clone(), row.cache_id, path.hash_part().to_owned());
+        let published = self
+            .db
+            .write(move |tx| {
+                if nars::has_path(tx, cache_id, &hash_part)? {
+                    return Ok(true);
                 }
-                if path.exists() {
-                    store.adopt(&p.blake3, &path)?;
-                } else if !store.exists(&p.blake3)? {
-                    return Err(Error::internal(format!("part {} vanished", p.n)));
+                blobs::claim(tx, &id, &claim)?;
+                Ok(false)
+            })
+            .await?;
+        if !published {
+            crate::crash_point!("publish.after_claim");
+            // 2. Move the files in.
+            let store = self.store.clone();
+            let lost = tokio::task::spawn_blocking(move || -> Result<Option<Source>> {
+                for (source, _) in sources {
+                    if source.path.exists() {
+                        store.adopt(&source.blake3, &source.path)?;
+                    } else if !store.exists(&source.blake3)? {
+                        return Ok(Some(source));
+                    }
                 }
-                chunks.push(Chunk {
-                    blob: p.blake3.clone(),
-                    size: p.size,
+                Ok(None)
+            })
+            .await
+            .map_err(Error::internal)??;
+            if let Some(part) = lost {
+                let (key, n, blake3) = (row.id.clone(), part.n, part.blake3.clone());
+                self.db
+                    .write(move |tx| uploads::drop_part_if(tx, &key, n, &blake3))
+                    .await?;
+                return Err(Error::MissingParts {
+                    missing: vec![part.n],
                 });
             }
-            Ok((chunks, verdict.upload_hash, verdict.upload_size))
-        })
-        .await
-        .map_err(Error::internal)??;
+            crate::crash_point!("publish.after_adopt");
+        }
+        // 3. One transaction publishes.
         let new = NewNar {
             nar_hash: row.nar_hash.clone(),
             nar_size: row.nar_size,
@@ -320,22 +449,62 @@ impl Engine {
             .write(move |tx| {
                 let cache = caches::get_by_id(tx, row.cache_id)?
                     .ok_or_else(|| Error::CacheNotFound(row.cache_id.to_string()))?;
-                let (nar, _) = nars::insert(tx, &new)?;
-                if let Some(listing) = &listing {
-                    nars::insert_listing(tx, nar.id, listing)?;
+                if !nars::has_path(tx, cache.id, path.hash_part())? {
+                    let (nar, _) = nars::insert(tx, &new)?;
+                    if let Some(listing) = &listing {
+                        nars::insert_listing(tx, nar.id, listing)?;
+                    }
+                    publish_path(tx, &cache, &path, &row.meta, &nar)?;
                 }
-                let path = StorePath::parse(&row.store_path, &cache.store_dir)?;
-                publish_path(tx, &cache, &path, &row.meta, &nar)?;
                 uploads::set_state(tx, &row.id, UploadState::Committed, None, None)?;
-                tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [&row.id])?;
-                Ok(())
+                uploads::delete_parts(tx, &row.id)?;
+                blobs::release(tx, &row.id)
             })
             .await?;
+        crate::crash_point!("publish.after_commit");
+        // 4. The directory (a leftover here is swept by GC).
         self.slots.lock().map_err(Error::internal)?.remove(&id);
         let dir = self.dir_of(&id);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let _ = tokio::task::spawn_blocking(move || super::remove_dir_if_present(&dir)).await;
         Ok(())
     }
+}
+
+/// Folds `sources` in order, checking each part's blake3 as it is read.
+fn fold_parts(
+    verifier: &mut Verifier,
+    store: &crate::store::SharedStore,
+    sources: Vec<Source>,
+) -> Folded {
+    for source in sources {
+        // A part already moved into the blob store by an interrupted
+        // publish (its blob claimed, so GC leaves it) is read from there.
+        let reader: Box<dyn Read + Send> = match std::fs::File::open(&source.path) {
+            Ok(f) => Box::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match store.exists(&source.blake3) {
+                    Ok(true) => match store.open(&source.blake3, 0) {
+                        Ok(r) => r,
+                        Err(e) => return Folded::Failed(e.into()),
+                    },
+                    Ok(false) => return Folded::Lost(source),
+                    Err(e) => return Folded::Failed(e.into()),
+                }
+            }
+            Err(e) => return Folded::Failed(e.into()),
+        };
+        let mut hashing = Hashing {
+            inner: reader,
+            hasher: blake3::Hasher::new(),
+        };
+        if let Err(e) = verifier.fold(&mut hashing) {
+            return Folded::Failed(e);
+        }
+        if hashing.hasher.finalize().to_hex().as_str() != source.blake3 {
+            return Folded::Lost(source);
+        }
+    }
+    Folded::Done
 }
 
 /// Compares the verdict with what the client declared.
@@ -429,34 +598,40 @@ fn publish_path(
     nar: &NarRow,
 ) -> Result<()> {
     let narinfo = render_narinfo(cache, path, meta, nar)?;
-    nars::upsert_path(
+    nars::insert_path(
         tx,
         cache.id,
         path.hash_part(),
         &path.to_absolute(),
         nar.id,
         &narinfo,
-    )
+    )?;
+    Ok(())
 }
 
 /// Publishes a path for a NAR that is already stored (dedup by NarHash).
-/// `false` when that NAR is gone by now.
+/// Returns the NarHash the cache now publishes for the path (a path
+/// published meanwhile keeps its own), or `None` when that NAR is gone
+/// by now.
 pub async fn link(
     db: &Db,
     cache: &CacheRow,
     path: &StorePath,
     meta: &UploadMeta,
     nar: NarRow,
-) -> Result<bool> {
+) -> Result<Option<String>> {
     let (cache, path, meta) = (cache.clone(), path.clone(), meta.clone());
     db.write(move |tx| {
+        if let Some(published) = nars::published_nar_hash(tx, cache.id, path.hash_part())? {
+            return Ok(Some(published));
+        }
         // GC may have removed an unreferenced NAR since it was looked up:
         // then there is nothing to link, and the caller uploads instead.
         if nars::find_by_nar_hash(tx, &nar.nar_hash)?.as_ref() != Some(&nar) {
-            return Ok(false);
+            return Ok(None);
         }
         publish_path(tx, &cache, &path, &meta, &nar)?;
-        Ok(true)
+        Ok(Some(nar.nar_hash.clone()))
     })
     .await
 }

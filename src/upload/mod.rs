@@ -80,8 +80,10 @@ pub struct NewUpload {
 pub enum Created {
     /// Send parts to this upload.
     Upload { id: String, expires_at: i64 },
-    /// Nothing to send: the cache has the path now.
-    Committed,
+    /// Nothing to send: the cache has the path now, with this NarHash
+    /// (the published one, which may differ from the one asked: the
+    /// first writer wins).
+    Committed { nar_hash: String },
 }
 
 /// The answer to [`Engine::complete`].
@@ -132,15 +134,31 @@ struct SlotCell {
 
 type SlotRef = Arc<SlotCell>;
 
+/// What a finishing run reports to the `complete` calls waiting on it.
+type Finished = Option<Option<Error>>;
+
 /// The upload engine. Cheap to share behind an `Arc`.
+///
+/// Concurrency: requests run on actix's workers (one single-threaded
+/// runtime each) and call into the engine there. The engine's own
+/// background work (folding parts into a verifier, finishing and
+/// publishing, resumed verifications) runs on the runtime it was created
+/// in ([`Engine::rt`], the server's multi-threaded one), so it outlives
+/// the worker and the request that started it. Blocking file and SQLite
+/// work goes to that runtime's blocking pool; SQL writes queue on
+/// `Db::write`, one at a time.
 pub struct Engine {
     db: Db,
+    /// The runtime background work is spawned on.
+    rt: tokio::runtime::Handle,
     store: SharedStore,
     cfg: EngineConfig,
     uploads_dir: PathBuf,
     slots: Mutex<HashMap<String, SlotRef>>,
-    /// Uploads whose `complete` is running, with a channel that fires when done.
-    finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// Uploads whose `complete` is running, with a channel that carries
+    /// the outcome once done: `Some(None)` settled, `Some(Some(e))` left
+    /// open by a fault `e` that the caller of `complete` should see.
+    finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<Finished>>>,
     /// tus PATCHes of one upload run one at a time.
     tus_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Verification counters, for `/metrics`.
@@ -165,7 +183,8 @@ impl Stats {
 }
 
 impl Engine {
-    /// An engine storing parts under `uploads_dir`.
+    /// An engine storing parts under `uploads_dir`; must be called inside
+    /// the tokio runtime that will run its background work.
     pub fn new(
         db: Db,
         store: SharedStore,
@@ -173,8 +192,11 @@ impl Engine {
         cfg: EngineConfig,
     ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(&uploads_dir)?;
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::internal("the upload engine needs a tokio runtime"))?;
         Ok(Arc::new(Engine {
             db,
+            rt,
             store,
             cfg,
             uploads_dir,
@@ -217,21 +239,22 @@ impl Engine {
         let existing = self
             .db
             .call(move |c| {
-                if nars::has_path(c, cache_id, &hash_part)? {
-                    return Ok(Some(None));
+                if let Some(published) = nars::published_nar_hash(c, cache_id, &hash_part)? {
+                    return Ok(Err(published));
                 }
-                Ok(nars::find_by_nar_hash(c, &nar_hash)?.map(Some))
+                Ok(Ok(nars::find_by_nar_hash(c, &nar_hash)?))
             })
             .await?;
         let linkable = match existing {
-            Some(None) => return Ok(Created::Committed),
-            Some(Some(nar)) if nar.nar_size == new.nar_size => Some(nar),
-            _ => None,
+            Err(nar_hash) => return Ok(Created::Committed { nar_hash }),
+            Ok(Some(nar)) if nar.nar_size == new.nar_size => Some(nar),
+            Ok(_) => None,
         };
         if let Some(nar) = linkable
-            && finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await?
+            && let Some(nar_hash) =
+                finish::link(&self.db, cache, &new.store_path, &new.meta, nar).await?
         {
-            return Ok(Created::Committed);
+            return Ok(Created::Committed { nar_hash });
         }
         let (id, expires_at) = self.open(cache.id, Some(new)).await?;
         Ok(Created::Upload { id, expires_at })
@@ -253,7 +276,6 @@ impl Engine {
 
     async fn open(&self, cache_id: i64, new: Option<NewUpload>) -> Result<(String, i64)> {
         let id = uuid::Uuid::now_v7().to_string();
-        std::fs::create_dir_all(self.dir_of(&id))?;
         let row = match new {
             Some(new) => UploadRow {
                 id: id.clone(),
@@ -285,7 +307,13 @@ impl Engine {
             },
         };
         let expires_at = row.expires_at;
+        // The row first, then its directory: a directory without a row is
+        // a leftover that GC may sweep.
         self.db.write(move |tx| uploads::insert(tx, &row)).await?;
+        let dir = self.dir_of(&id);
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(dir))
+            .await
+            .map_err(Error::internal)??;
         Ok((id, expires_at))
     }
 
@@ -394,16 +422,65 @@ impl Engine {
     /// Removes an upload's files and rows (abandon, expiry).
     pub async fn remove(&self, id: &str) -> Result<()> {
         self.slots.lock().map_err(Error::internal)?.remove(id);
+        // The directory first, then the row (which releases the blobs the
+        // upload had claimed): a crash in between leaves a row whose
+        // parts are gone, which reads as parts to send again.
+        let dir = self.dir_of(id);
+        tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
+            .await
+            .map_err(Error::internal)??;
         let key = id.to_owned();
         self.db.write(move |tx| uploads::delete(tx, &key)).await?;
-        let dir = self.dir_of(id);
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        Ok(())
+    }
+
+    /// Removes upload directories that no upload row knows (leftovers of
+    /// a crash), once older than `grace`. Each is checked again under the
+    /// writer: an upload's row is written before its directory is made.
+    pub async fn sweep_unknown_dirs(&self, grace: Duration) -> Result<usize> {
+        let root = self.uploads_dir.clone();
+        let candidates = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+            let mut out = vec![];
+            for entry in std::fs::read_dir(&root)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let is_upload = name
+                    .to_str()
+                    .is_some_and(|n| uuid::Uuid::try_parse(n).is_ok());
+                let old = entry
+                    .metadata()?
+                    .modified()?
+                    .elapsed()
+                    .is_ok_and(|age| age >= grace);
+                if is_upload && old && entry.file_type()?.is_dir() {
+                    out.push(entry.path());
+                }
+            }
+            Ok(out)
         })
         .await
         .map_err(Error::internal)??;
-        Ok(())
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        self.db
+            .write(move |tx| {
+                let mut n = 0;
+                for dir in candidates {
+                    let id = dir
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    if uploads::get(tx, &id)?.is_none() {
+                        tracing::info!(upload = %id, "removing an upload directory no row knows");
+                        remove_dir_if_present(&dir)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await
     }
 
     /// Removes every upload past its expiry, and staged Nix uploads whose
@@ -431,7 +508,7 @@ impl Engine {
         for row in rows {
             if let Some(total) = row.total_parts {
                 let engine = self.clone();
-                tokio::spawn(async move {
+                self.rt.spawn(async move {
                     if let Err(e) = engine.complete(&row.id, total).await {
                         tracing::warn!(upload = %row.id, error = %e, "resumed verification failed");
                     }
@@ -464,6 +541,14 @@ impl Engine {
             })
         });
         Ok(slot.clone())
+    }
+}
+
+/// Removes a directory tree; an absent one is not an error.
+fn remove_dir_if_present(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -131,7 +131,17 @@ where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    let file = File::create(path)?;
+    // Its directory too: an upload's directory is made after its row, and
+    // a crash in between leaves a row without one.
+    let at = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        if let Some(dir) = at.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        File::create(&at)
+    })
+    .await
+    .map_err(Error::internal)??;
     let mut sink = Some(Sink {
         file,
         blake: blake3::Hasher::new(),
@@ -368,12 +378,14 @@ impl Engine {
         }
         let dest = self.part_path(id, n);
         let dir = self.dir_of(id);
+        crate::crash_point!("part.after_write");
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::rename(&file, &dest)?;
             fsync_dir(&dir)
         })
         .await
         .map_err(Error::internal)??;
+        crate::crash_point!("part.after_rename");
         let (key, p) = (id.to_owned(), part.clone());
         self.db
             .write(move |tx| uploads::upsert_part(tx, &key, &p))
@@ -391,7 +403,7 @@ impl Engine {
         drop(gate);
         let engine = self.clone();
         let id = id.to_owned();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             if let Err(e) = engine.advance(&id, None).await {
                 tracing::debug!(upload = %id, error = %e, "verifier stopped");
             }

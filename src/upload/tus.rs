@@ -29,6 +29,9 @@ use crate::db::uploads::{self, UploadMeta, UploadState};
 use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 
+/// The longest a final PATCH waits for the verdict.
+const TUS_VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// What `Upload-Concat` asked for at creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Concat {
@@ -303,7 +306,12 @@ impl Engine {
         }
         let key = id.to_owned();
         let n = self.db.call(move |c| uploads::parts(c, &key)).await?.len() as u32;
-        let completion = self.complete(id, n).await?;
+        // tus has no "still checking" answer: the final PATCH waits for
+        // the verdict, up to 90 s (under a tunnel's 100 s). Past that it
+        // answers with `Ferry-Upload-State: verifying`, and HEAD tells the
+        // rest.
+        let wait = (self.cfg.complete_wait * 3).min(TUS_VERDICT_WAIT);
+        let completion = self.complete_within(id, n, wait).await?;
         Ok((self.tus_info(id).await?, Some(completion)))
     }
 

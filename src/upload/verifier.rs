@@ -91,8 +91,14 @@ impl Write for NarSink {
             return Err(io::Error::other("invalid NAR"));
         }
         self.sha.update(buf);
-        if let Some(enc) = &mut self.encoder {
-            enc.write_all(buf)?;
+        if let Some(enc) = &mut self.encoder
+            && let Err(e) = enc.write_all(buf)
+        {
+            // The server's own file (disk full, I/O error): a fault, not
+            // a verdict on the client's bytes.
+            let kind = e.kind();
+            self.error = Some(Error::from(e));
+            return Err(io::Error::new(kind, "writing the compressed file failed"));
         }
         Ok(buf.len())
     }
@@ -384,7 +390,21 @@ impl Verifier {
         let upload_hash = Sha256Hash(self.file_sha.finalize().into());
         let stage = match self.pipeline {
             Pipeline::Zstd(mut dec) => {
-                if let Err(e) = dec.flush() {
+                // `do_finish` also refuses a stream that stops inside a
+                // frame (no last block, or no checksum): every NAR byte
+                // may be there, but the stored file would be broken.
+                if let Err(e) = dec.do_finish() {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        let stage = dec.get_mut();
+                        if let Ok(sink) = stage.close()
+                            && let Some(err) = sink.error.take()
+                        {
+                            return Err(err);
+                        }
+                        return Err(Error::InvalidCompression(
+                            "the zstd stream ends inside a frame (its last block or checksum is missing)".into(),
+                        ));
+                    }
                     return Err(stage_error(dec.get_mut(), e));
                 }
                 dec.into_inner()
@@ -544,5 +564,63 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
+    }
+
+    /// zstd of `data` with a content checksum at the end of the frame.
+    fn zstd_with_checksum(data: &[u8]) -> Vec<u8> {
+        let mut enc = zstd::stream::write::Encoder::new(vec![], 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_is_checked_to_the_end_of_its_last_frame() {
+        let nar = nar(500_000);
+        let size = nar.len() as u64;
+        let zst = zstd_with_checksum(&nar);
+        assert!(verify(Compression::Zstd, size, &zst, 65_536).is_ok());
+        // Two frames, one after the other: a valid stream.
+        let (a, b) = nar.split_at(123_457);
+        let two = [zstd_with_checksum(a), zstd_with_checksum(b)].concat();
+        assert!(verify(Compression::Zstd, size, &two, 4096).is_ok());
+        // Every NAR byte is there, the checksum is not.
+        let cut = &zst[..zst.len() - 4];
+        let e = verify(Compression::Zstd, size, cut, 65_536).err().unwrap();
+        assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
+        // The start of another frame after the last one.
+        let tail = [&zst[..], &zst[..6]].concat();
+        let e = verify(Compression::Zstd, size, &tail, 65_536).err().unwrap();
+        assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
+        // Bytes after the last frame that are no frame at all.
+        let junk = [&zst[..], b"trailing junk".as_slice()].concat();
+        let e = verify(Compression::Zstd, size, &junk, 65_536).err().unwrap();
+        assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_full_disk_while_compressing_is_a_fault_not_a_verdict() {
+        // /dev/full fails every write with ENOSPC, as a full filesystem does.
+        let nar = nar(3_000_000);
+        let mut v = Verifier::new(
+            Compression::None,
+            nar.len() as u64,
+            Path::new("/dev/full"),
+            3,
+        )
+        .unwrap();
+        let mut res = Ok(());
+        for chunk in nar.chunks(1 << 20) {
+            res = v.fold(chunk);
+            if res.is_err() {
+                break;
+            }
+        }
+        let e = match res {
+            Err(e) => e,
+            Ok(()) => v.finish().err().unwrap(),
+        };
+        assert!(matches!(e, Error::InsufficientStorage(_)), "{e:?}");
+        assert!(!e.is_verdict() && e.is_fault());
     }
 }

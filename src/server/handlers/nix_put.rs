@@ -74,7 +74,7 @@ pub async fn narinfo(
     };
     let staged = state.engine.staged(cache.id, &file)?;
     let id = match state.engine.create(&cache, new).await? {
-        Created::Committed => {
+        Created::Committed { .. } => {
             if let Some(p) = staged {
                 let _ = std::fs::remove_file(p);
             }

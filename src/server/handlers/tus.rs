@@ -192,6 +192,7 @@ pub async fn create(
 
 fn describe(res: &mut HttpResponseBuilder, info: &TusInfo) {
     res.insert_header(("upload-offset", info.offset.to_string()))
+        .insert_header(("ferry-upload-state", info.state.as_str()))
         .insert_header((header::CACHE_CONTROL, "no-store"));
     match info.length {
         Some(l) => res.insert_header(("upload-length", l.to_string())),
@@ -269,7 +270,8 @@ pub async fn patch(
         .tus_append(&id, offset, length, content_length, check, body)
         .await?;
     let mut res = HttpResponse::NoContent();
-    res.insert_header(("upload-offset", info.offset.to_string()));
+    res.insert_header(("upload-offset", info.offset.to_string()))
+        .insert_header(("ferry-upload-state", info.state.as_str()));
     expires(&mut res, info.expires_at);
     Ok(res.finish())
 }

@@ -87,9 +87,9 @@ pub async fn create(
         compression,
     };
     match state.engine.create(&cache, new).await? {
-        Created::Committed => Ok(json_no_store(
+        Created::Committed { nar_hash } => Ok(json_no_store(
             StatusCode::OK,
-            &json!({"state": "committed"}),
+            &json!({"state": "committed", "nar_hash": nar_hash}),
         )),
         Created::Upload { id, expires_at } => {
             let body = UploadCreated {

@@ -1,0 +1,112 @@
+//! The queries of garbage collection (the policy is in `crate::gc`).
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{Connection, params};
+
+use crate::error::Result;
+
+/// Records last-access times for read paths (by hash part) and read NARs.
+pub fn touch(
+    conn: &Connection,
+    paths: &[(i64, String)],
+    nars: &[(i64, i64)],
+    now: i64,
+) -> Result<()> {
+    let mut p = conn.prepare_cached(
+        "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND hash_part = ?2",
+    )?;
+    for (cache, hash) in paths {
+        p.execute(params![cache, hash, now])?;
+    }
+    let mut n = conn
+        .prepare_cached("UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2")?;
+    for (cache, nar) in nars {
+        n.execute(params![cache, nar, now])?;
+    }
+    Ok(())
+}
+
+/// The hash parts a narinfo's `References:` line names.
+fn references_of(narinfo: &str) -> impl Iterator<Item = &str> {
+    narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("References:"))
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .filter_map(|base| base.get(..32))
+}
+
+/// Unpublishes the paths of caches with a retention that were last read
+/// before it, except those a kept path references, directly or not: a
+/// path that stays keeps its whole closure, or Nix could not substitute
+/// it. Returns how many paths went.
+pub fn expire_paths(conn: &Connection, now: i64) -> Result<u64> {
+    let mut caches = conn.prepare(
+        "SELECT id, retention_secs FROM caches WHERE retention_secs IS NOT NULL",
+    )?;
+    let caches: Vec<(i64, i64)> = caches
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut removed = 0;
+    for (cache_id, retention) in caches {
+        let mut stmt = conn.prepare_cached(
+            "SELECT hash_part, last_access, narinfo FROM paths WHERE cache_id = ?1",
+        )?;
+        let rows: Vec<(String, i64, String)> = stmt
+            .query_map([cache_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let refs: HashMap<&str, Vec<&str>> = rows
+            .iter()
+            .map(|(h, _, ni)| (h.as_str(), references_of(ni).collect()))
+            .collect();
+        let mut kept: HashSet<&str> = HashSet::new();
+        let mut todo: Vec<&str> = rows
+            .iter()
+            .filter(|(_, last, _)| *last >= now - retention)
+            .map(|(h, _, _)| h.as_str())
+            .collect();
+        while let Some(h) = todo.pop() {
+            if kept.insert(h) {
+                todo.extend(refs.get(h).into_iter().flatten().copied());
+            }
+        }
+        let mut del =
+            conn.prepare_cached("DELETE FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
+        for (h, _, _) in rows.iter().filter(|(h, _, _)| !kept.contains(h.as_str())) {
+            removed += del.execute(params![cache_id, h])? as u64;
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes the NAR rows no path publishes (their chunks go with them, so
+/// their blobs become unreferenced in the same run). Returns how many.
+pub fn delete_unpublished_nars(conn: &Connection) -> Result<u64> {
+    let n = conn.execute(
+        "DELETE FROM nars WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = nars.id)",
+        [],
+    )?;
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_the_hash_parts_of_the_references_line() {
+        let ni = "StorePath: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x\n\
+                  References: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-y cccccccccccccccccccccccccccccccc-z\n\
+                  Deriver: dddddddddddddddddddddddddddddddd-x.drv\n";
+        let got: Vec<&str> = references_of(ni).collect();
+        assert_eq!(
+            got,
+            [
+                "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+                "cccccccccccccccccccccccccccccccc"
+            ]
+        );
+        assert_eq!(references_of("References: \n").count(), 0);
+    }
+}
