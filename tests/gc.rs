@@ -1,5 +1,6 @@
-//! Garbage collection: retention by last access, abandoned uploads,
-//! orphan blobs after the grace period, and a large backlog in one run.
+//! Garbage collection: retention by last access (closure-aware), bytes
+//! freed in the run that unpublishes them, abandoned uploads, leftover
+//! files after the grace period, and a large backlog in one run.
 
 mod common;
 
@@ -98,10 +99,13 @@ fn retention_expires_paths_and_frees_their_blobs() {
     let blobs = s.data_dir.path().join("blobs");
     assert_eq!(files_under(&blobs).len(), 2);
     std::thread::sleep(Duration::from_millis(2100));
-    let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 0\n");
+    // The default grace (an hour) protects only files no row knows: the
+    // expired path's bytes are freed in this same run.
+    let report = ferry_gc(s.data_dir.path(), "");
     assert_eq!(report["paths_expired"], 1, "{report}");
     assert_eq!(report["nars_removed"], 1, "{report}");
     assert_eq!(report["blobs_removed"], 1, "{report}");
+    assert!(report["bytes_freed"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(
         http_request("GET", &narinfos[0], &[&auth], Body::None).status,
         404
@@ -220,7 +224,8 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
         "no part file remains"
     );
     let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 1\n");
-    assert_eq!(report["blobs_removed"], 1, "{report}");
+    assert_eq!(report["leftovers_removed"], 1, "{report}");
+    assert_eq!(report["blobs_removed"], 0, "{report}");
     assert!(!orphan_path.exists());
 }
 
@@ -266,7 +271,7 @@ fn ten_thousand_expired_paths_go_in_one_run() {
             )?;
             for i in 0..10_000u32 {
                 let hash = format!("{i:032}");
-                nars::upsert_path(
+                nars::insert_path(
                     tx,
                     cache.id,
                     &hash,
@@ -292,4 +297,65 @@ fn ten_thousand_expired_paths_go_in_one_run() {
             .unwrap();
         assert_eq!(left, 0);
     });
+}
+
+/// Publishes a one-part NAR of `seed` as `/nix/store/<hash>-x` with
+/// `references` (full paths).
+fn publish(s: &InProcess, cache: &str, hash: &str, seed: &str, references: &[String]) {
+    let bytes = nar(seed);
+    let up = post(
+        s,
+        &format!("/_api/v1/caches/{cache}/uploads"),
+        serde_json::json!({"store_path": format!("/nix/store/{hash}-x"), "nar_hash": Sha256Hash::digest(&bytes).to_string(), "nar_size": bytes.len(), "references": references}),
+    );
+    let url = up["upload_url"].as_str().unwrap().to_owned();
+    put_part(s, &url, 1, &bytes);
+    let done = post(
+        s,
+        &format!("{url}/complete"),
+        serde_json::json!({"parts": 1}),
+    );
+    assert_eq!(done["state"], "committed", "{done}");
+}
+
+#[test]
+fn a_kept_path_keeps_its_whole_closure() {
+    let s = InProcess::start();
+    post(
+        &s,
+        "/_api/v1/caches",
+        serde_json::json!({"name": "c", "retention": "2s"}),
+    );
+    let hash = |c: char| c.to_string().repeat(32);
+    let path = |c: char| format!("/nix/store/{}-x", hash(c));
+    // kept → mid → leaf; lone is referenced by nothing.
+    publish(&s, "c", &hash('l'), "leaf", &[]);
+    publish(&s, "c", &hash('m'), "mid", &[path('l')]);
+    publish(&s, "c", &hash('k'), "kept", &[path('m'), path('k')]);
+    publish(&s, "c", &hash('z'), "lone", &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let cfg = Config {
+        data_dir: s.data_dir.path().to_owned(),
+        ..Config::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt.block_on(async {
+        let opened = ferry::service::open(&cfg).unwrap();
+        // Only the top of the closure was read within the retention.
+        opened.state.access.narinfo(1, &hash('k'));
+        ferry::service::collector(&opened.state, &cfg)
+            .run()
+            .await
+            .unwrap()
+    });
+    assert_eq!(report.paths_expired, 1, "only the lone path goes: {report:?}");
+    let auth = format!("Authorization: Bearer {}", s.admin_token);
+    for (c, want) in [('k', 200), ('m', 200), ('l', 200), ('z', 404)] {
+        let url = format!("{}/c/{}.narinfo", s.url, hash(c));
+        assert_eq!(
+            http_request("GET", &url, &[&auth], Body::None).status,
+            want,
+            "{c}"
+        );
+    }
 }
