@@ -279,7 +279,9 @@ impl From<std::io::Error> for Error {
     /// any other I/O error 503, both with `Retry-After`. The OS wording
     /// goes to the log only.
     fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error().is_some_and(|c| DISK_FULL_ERRNOS.contains(&c)) {
+        if e.raw_os_error()
+            .is_some_and(|c| DISK_FULL_ERRNOS.contains(&c))
+        {
             Error::InsufficientStorage(e.to_string())
         } else {
             Error::Unavailable(e.to_string())

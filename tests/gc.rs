@@ -348,7 +348,10 @@ fn a_kept_path_keeps_its_whole_closure() {
             .await
             .unwrap()
     });
-    assert_eq!(report.paths_expired, 1, "only the lone path goes: {report:?}");
+    assert_eq!(
+        report.paths_expired, 1,
+        "only the lone path goes: {report:?}"
+    );
     let auth = format!("Authorization: Bearer {}", s.admin_token);
     for (c, want) in [('k', 200), ('m', 200), ('l', 200), ('z', 404)] {
         let url = format!("{}/c/{}.narinfo", s.url, hash(c));

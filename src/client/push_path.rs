@@ -183,7 +183,8 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
                 let _ = ctx.api.abandon(&saved.upload_id).await;
             }
             Ok(st) if st.state == "committed" || st.state == "verifying" => {
-                if let Ok(Settled::Committed) = poll_until_settled(&ctx.api, &saved.upload_id).await {
+                if let Ok(Settled::Committed) = poll_until_settled(&ctx.api, &saved.upload_id).await
+                {
                     ctx.state.forget(&info.path)?;
                     return Ok(Prepared::Committed(Outcome::Pushed));
                 }

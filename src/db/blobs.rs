@@ -18,9 +18,8 @@ use crate::error::Result;
 /// into the store: GC keeps them until the upload commits or goes.
 pub fn claim(conn: &Connection, upload_id: &str, blobs: &[(String, u64)]) -> Result<()> {
     let now = super::now();
-    let mut row = conn.prepare_cached(
-        "INSERT OR IGNORE INTO blobs (id, size, created_at) VALUES (?1, ?2, ?3)",
-    )?;
+    let mut row = conn
+        .prepare_cached("INSERT OR IGNORE INTO blobs (id, size, created_at) VALUES (?1, ?2, ?3)")?;
     let mut claim = conn
         .prepare_cached("INSERT OR IGNORE INTO upload_blobs (upload_id, blob) VALUES (?1, ?2)")?;
     for (id, size) in blobs {

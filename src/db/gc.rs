@@ -42,9 +42,8 @@ fn references_of(narinfo: &str) -> impl Iterator<Item = &str> {
 /// path that stays keeps its whole closure, or Nix could not substitute
 /// it. Returns how many paths went.
 pub fn expire_paths(conn: &Connection, now: i64) -> Result<u64> {
-    let mut caches = conn.prepare(
-        "SELECT id, retention_secs FROM caches WHERE retention_secs IS NOT NULL",
-    )?;
+    let mut caches =
+        conn.prepare("SELECT id, retention_secs FROM caches WHERE retention_secs IS NOT NULL")?;
     let caches: Vec<(i64, i64)> = caches
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;

@@ -230,11 +230,12 @@ impl Engine {
                 }
             }
         };
-        let fault = match tokio::time::timeout(wait, rx.wait_for(|d| d.is_some())).await
-        {
+        let fault = match tokio::time::timeout(wait, rx.wait_for(|d| d.is_some())).await {
             Err(_) => return Ok(Completion::Verifying),
             Ok(Err(_)) => None,
-            Ok(Ok(done)) => done.as_ref().and_then(|e| e.as_ref().map(Error::retry_copy)),
+            Ok(Ok(done)) => done
+                .as_ref()
+                .and_then(|e| e.as_ref().map(Error::retry_copy)),
         };
         let row = self.get(id).await?;
         match row.state {

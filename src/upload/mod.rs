@@ -434,7 +434,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes upload directories that no upload row knows (leftovers of
+    /// Removes upload directories that no open upload owns (leftovers of
     /// a crash), once older than `grace`. Each is checked again under the
     /// writer: an upload's row is written before its directory is made.
     pub async fn sweep_unknown_dirs(&self, grace: Duration) -> Result<usize> {
@@ -472,8 +472,13 @@ impl Engine {
                         .and_then(|n| n.to_str())
                         .unwrap_or_default()
                         .to_owned();
-                    if uploads::get(tx, &id)?.is_none() {
-                        tracing::info!(upload = %id, "removing an upload directory no row knows");
+                    // No row, or a settled one: a crash after the commit
+                    // (or the verdict) left the directory behind.
+                    let settled = uploads::get(tx, &id)?.is_none_or(|r| {
+                        matches!(r.state, UploadState::Committed | UploadState::Failed)
+                    });
+                    if settled {
+                        tracing::info!(upload = %id, "removing a leftover upload directory");
                         remove_dir_if_present(&dir)?;
                         n += 1;
                     }

@@ -590,11 +590,15 @@ mod tests {
         assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
         // The start of another frame after the last one.
         let tail = [&zst[..], &zst[..6]].concat();
-        let e = verify(Compression::Zstd, size, &tail, 65_536).err().unwrap();
+        let e = verify(Compression::Zstd, size, &tail, 65_536)
+            .err()
+            .unwrap();
         assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
         // Bytes after the last frame that are no frame at all.
         let junk = [&zst[..], b"trailing junk".as_slice()].concat();
-        let e = verify(Compression::Zstd, size, &junk, 65_536).err().unwrap();
+        let e = verify(Compression::Zstd, size, &junk, 65_536)
+            .err()
+            .unwrap();
         assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
     }
 

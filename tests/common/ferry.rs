@@ -109,11 +109,18 @@ impl ServerProcess {
     /// Starts `ferry serve --data-dir DIR --listen 127.0.0.1:PORT` and
     /// waits for `/healthz`.
     pub fn start(data_dir: &Path, port: u16) -> ServerProcess {
+        Self::start_with_env(data_dir, port, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables (such as
+    /// `FERRY_CRASH_AT`).
+    pub fn start_with_env(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("FERRY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -170,6 +177,19 @@ impl ServerProcess {
     /// The server's process id (for `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (a crash
+    /// point aborts it); its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL: no shutdown, no flushing.

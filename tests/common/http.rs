@@ -59,6 +59,17 @@ impl HttpResponse {
 /// (Content-Length, curl's default form content type unless a header says
 /// otherwise). Panics only when curl itself fails (connection refused...).
 pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> HttpResponse {
+    try_http_request(method, url, headers, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_request`], with curl's own failure (connection refused or
+/// reset: the server died) as `Err`.
+pub fn try_http_request(
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    body: Body,
+) -> Result<HttpResponse, String> {
     let tmp = tempfile::tempdir().unwrap();
     let hfile = tmp.path().join("headers");
     let bfile = tmp.path().join("body");
@@ -89,7 +100,7 @@ pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> Ht
         }
     }
     c.arg(url);
-    let out = run_ok(&mut c);
+    let out = super::tools::run(&mut c).map_err(|e| e.to_string())?.stdout;
     let status: u16 = String::from_utf8_lossy(&out)
         .trim()
         .parse()
@@ -105,9 +116,9 @@ pub fn http_request(method: &str, url: &str, headers: &[&str], body: Body) -> Ht
         }
     }
     let body = std::fs::read(&bfile).unwrap_or_default();
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }

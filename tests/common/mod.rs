@@ -37,7 +37,7 @@ pub mod upstream;
 
 pub use self::ferry::{InProcess, ServerProcess, mint_in};
 pub use fs::compare_trees;
-pub use http::{Body, HttpResponse, curl, http_request};
+pub use http::{Body, HttpResponse, curl, http_request, try_http_request};
 pub use nginx::{
     LogEntry, Nginx, NginxOptions, nginx_max_request_length, start_nginx, start_nginx_static,
     start_nginx_static_auth, start_nginx_with,

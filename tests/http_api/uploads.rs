@@ -284,7 +284,10 @@ fn same_nar_in_another_cache_is_linked_without_parts() {
     push_ok(&s, "a", &nar);
     let r = start_upload_with(&s, "b", &s.admin_token, &nar.create_body("zstd", &[]));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json(), json!({"state": "committed"}));
+    assert_eq!(
+        r.json(),
+        json!({"state": "committed", "nar_hash": nar.hash.to_string()})
+    );
     let info = check_narinfo(&s, &b, &nar, &[]);
     let a_key = PublicKey::parse(create_cache_key(&s, "a").as_str()).unwrap();
     assert!(
@@ -297,7 +300,13 @@ fn same_nar_in_another_cache_is_linked_without_parts() {
     // Another store path with the same NAR is linked too.
     let other = Nar::from_bytes(&store_path("shared-again"), nar.bytes.clone());
     let r = start_upload_with(&s, "b", &s.admin_token, &other.create_body("zstd", &[]));
-    assert_eq!((r.status, r.json()), (200, json!({"state": "committed"})));
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            200,
+            json!({"state": "committed", "nar_hash": nar.hash.to_string()})
+        )
+    );
     assert_eq!(
         narinfo(&s, "b", &other.path, Some(&s.admin_token)).status,
         200
@@ -318,7 +327,13 @@ fn same_path_again_in_the_same_cache_is_200_committed() {
     let nar = Nar::new("again", 1000);
     push_ok(&s, "c", &nar);
     let r = start_upload_with(&s, "c", &s.admin_token, &nar.create_body("none", &[]));
-    assert_eq!((r.status, r.json()), (200, json!({"state": "committed"})));
+    let committed = json!({"state": "committed", "nar_hash": nar.hash.to_string()});
+    assert_eq!((r.status, r.json()), (200, committed.clone()));
+    // Another NAR for the same path: the first writer wins, and the
+    // answer names the NarHash the cache publishes.
+    let other = Nar::from_bytes(&nar.path, Nar::new("other", 1000).bytes);
+    let r = start_upload_with(&s, "c", &s.admin_token, &other.create_body("none", &[]));
+    assert_eq!((r.status, r.json()), (200, committed));
     let list = get(&s, "/_api/v1/caches/c/uploads", Some(&s.admin_token)).json();
     assert_eq!(list["uploads"], json!([]));
 }
