@@ -173,3 +173,93 @@ fn truncated_nar_is_422() {
     assert_no_leak(&s, &r);
     assert_failed_then_recoverable(&s, &id, &r, &nar);
 }
+
+/// zstd of `data` with a content checksum, as the zstd CLI writes it.
+fn zstd_checked(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = zstd::stream::write::Encoder::new(vec![], 3).unwrap();
+    enc.include_checksum(true).unwrap();
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn zstd_cut_before_its_frame_ends_is_422_even_with_every_nar_byte() {
+    let s = server();
+    let nar = Nar::new("cut-frame", 5000);
+    let zst = zstd_checked(&nar.bytes);
+    // Without its 4-byte checksum the frame never ends, though every NAR
+    // byte decodes: the stored .nar.zst would break every reader.
+    let (id, r) = send_wrong(&s, &nar, &zst[..zst.len() - 4], "zstd");
+    let body = expect_err(&s, &r, 422, "invalid_compression");
+    assert!(body["message"].as_str().unwrap().contains("frame"), "{body}");
+    assert_failed_then_recoverable(&s, &id, &r, &nar);
+}
+
+#[test]
+fn bytes_after_the_last_zstd_frame_are_422() {
+    let s = server();
+    let nar = Nar::new("after-frame", 5000);
+    let mut sent = zstd_checked(&nar.bytes);
+    sent.extend_from_slice(&sent[..5].to_vec());
+    let (id, r) = send_wrong(&s, &nar, &sent, "zstd");
+    expect_err(&s, &r, 422, "invalid_compression");
+    assert_failed_then_recoverable(&s, &id, &r, &nar);
+}
+
+#[test]
+fn two_uploads_of_one_path_first_writer_wins_and_the_narinfo_never_changes() {
+    let s = server();
+    let first = Nar::new("contested", 3000);
+    let second = Nar::from_bytes(&first.path, Nar::new("contested-other", 3000).bytes);
+    // Both start before either publishes.
+    let ids: Vec<String> = [&first, &second]
+        .iter()
+        .map(|n| start_upload(&s, "c", n, "none"))
+        .collect();
+    for (id, nar) in ids.iter().zip([&first, &second]) {
+        put_part(&s, id, 1, &nar.bytes);
+    }
+    assert_eq!(complete(&s, &ids[0], 1).status, 200);
+    let before = narinfo(&s, "c", &first.path, Some(&s.admin_token)).text();
+    // The later upload is verified, then finds the path taken: it is
+    // settled without touching what is served.
+    let r = complete(&s, &ids[1], 1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = narinfo(&s, "c", &first.path, Some(&s.admin_token)).text();
+    assert_eq!(before, after, "a served narinfo changed");
+    assert_eq!(narinfo_ok(&s, "c", &first.path).nar_hash, first.hash);
+    // A third try answers with the published NarHash at once.
+    let r = start_upload_with(&s, "c", &s.admin_token, &second.create_body("none", &[]));
+    assert_eq!(r.json()["nar_hash"], first.hash.to_string());
+}
+
+#[test]
+fn two_uploads_of_one_path_completed_at_once_publish_exactly_one() {
+    let s = server();
+    let nars = [
+        Nar::new("race", 200_000),
+        Nar::from_bytes(&store_path("race"), Nar::new("race-other", 200_000).bytes),
+    ];
+    let ids: Vec<String> = nars
+        .iter()
+        .map(|n| start_upload(&s, "c", n, "none"))
+        .collect();
+    for (id, nar) in ids.iter().zip(&nars) {
+        put_part(&s, id, 1, &nar.bytes);
+    }
+    let answers: Vec<u16> = std::thread::scope(|t| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| t.spawn(|| complete(&s, id, 1).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200, 200]);
+    let served = narinfo_ok(&s, "c", &nars[0].path);
+    let winner = nars.iter().find(|n| n.hash == served.nar_hash);
+    let winner = winner.expect("the served NarHash is one of the two");
+    let nar = get(&s, &format!("/c/{}", served.url), Some(&s.admin_token));
+    let bytes = zstd::decode_all(&nar.body[..]).unwrap();
+    assert_eq!(bytes, winner.bytes);
+}
