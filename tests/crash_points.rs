@@ -349,3 +349,103 @@ fn every_crash_point_is_covered_here() {
     }
     let _ = http_request; // the harness's panicking form, unused here
 }
+
+/// Delayed restart: SIGKILL 0–100 ms after a `complete` request went out,
+/// `ferry gc` with zero grace while the server is down, restart, resume.
+/// The delay is drawn from the later 60 % of the time an undisturbed
+/// part request takes (measured first, at most 100 ms), so kills land
+/// before, while and after the server verifies and publishes; each trial is classified by
+/// the upload's state in the database at the kill, and some must land
+/// while it was `verifying`. `FERRY_RESTART_TRIALS` trials (CI: 8; the
+/// documented full run is 50), `FERRY_RESTART_SEED` replays the draws.
+#[test]
+fn delayed_restart_campaign() {
+    use rand::{Rng, SeedableRng};
+    let trials: usize = common::env_num("FERRY_RESTART_TRIALS").unwrap_or(8);
+    let seed = common::seed_from_env("FERRY_RESTART_SEED");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let h = Harness::new();
+    let window = {
+        let _s = h.serve(None);
+        let up = Upload::new(&format!("delayed-calibration-{seed}"), "zstd");
+        let id = up.create(&h);
+        let t = std::time::Instant::now();
+        assert!(up.resume(&h, &id).unwrap());
+        // `resume` sent the parts too: time a second, no-op complete to
+        // subtract the request's own cost.
+        let parts_and_complete = t.elapsed();
+        let per_part = parts_and_complete / (up.parts.len() as u32 + 1);
+        per_part.min(Duration::from_millis(100))
+    };
+    println!(
+        "delayed restart: {trials} trials, seed {seed}, kills within {}ms of complete",
+        window.as_millis()
+    );
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for k in 0..trials {
+        let compression = if k % 2 == 0 { "zstd" } else { "none" };
+        let up = Upload::new(&format!("delayed-{seed}-{k}"), compression);
+        let mut s = h.serve(None);
+        let id = up.create(&h);
+        for (i, bytes) in up.parts.iter().enumerate() {
+            let r = h
+                .call(
+                    "PUT",
+                    &format!("/_api/v1/uploads/{id}/parts/{}", i + 1),
+                    Body::Bytes(bytes.clone()),
+                )
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+        let w = window.as_micros() as u64;
+        let delay = Duration::from_micros(rng.gen_range(w * 2 / 5..=w));
+        let body = format!("{{\"parts\":{}}}", up.parts.len());
+        let path = format!("/_api/v1/uploads/{id}/complete");
+        let (at_kill, answered) = std::thread::scope(|t| {
+            let req = t.spawn(|| h.call("POST", &path, Body::Bytes(body.into_bytes())));
+            std::thread::sleep(delay);
+            s.kill_now();
+            let state = db_state(&h, &id);
+            (state, req.join().unwrap().map(|r| r.status).ok())
+        });
+        drop(s);
+        h.gc_ok();
+        let _s = h.serve(None);
+        let mut rounds = 0;
+        while !up.resume(&h, &id).unwrap() {
+            rounds += 1;
+            assert!(rounds < 50, "trial {k}: the upload never committed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        up.check_served(&h);
+        let (listed, files) = h.blobs();
+        assert!(
+            listed.iter().all(|b| files.contains(b)),
+            "trial {k}: a listed blob is missing"
+        );
+        println!(
+            "trial {}/{trials}: {compression}, kill {}µs after complete, state at kill {at_kill}, \
+             complete answered {answered:?}; resumed in {rounds} extra round(s)",
+            k + 1,
+            delay.as_micros()
+        );
+        *outcomes.entry(at_kill).or_default() += 1;
+    }
+    h.gc_ok();
+    let (listed, files) = h.blobs();
+    assert_eq!(listed, files, "blob store and database disagree");
+    println!("delayed restart: states at kill {outcomes:?}");
+    assert!(
+        outcomes.get("verifying").is_some_and(|n| *n * 8 >= trials),
+        "fewer than one kill in eight landed while the server verified: {outcomes:?}"
+    );
+}
+
+/// An upload's state in the database, read the moment after a kill.
+fn db_state(h: &Harness, id: &str) -> String {
+    let db = rusqlite::Connection::open(h.dir.path().join("ferry.db")).unwrap();
+    db.query_row("SELECT state FROM uploads WHERE id = ?1", [id], |r| {
+        r.get::<_, String>(0)
+    })
+    .unwrap_or_else(|_| "gone".into())
+}

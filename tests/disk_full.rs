@@ -144,7 +144,12 @@ fn status(s: &InProcess, id: &str) -> serde_json::Value {
 
 /// The path is served, and its NAR hashes to what was sent.
 fn assert_served(s: &InProcess, nar: &Nar) {
-    let ni = call(s, "GET", &format!("/c/{}.narinfo", nar.hash_part()), Body::None);
+    let ni = call(
+        s,
+        "GET",
+        &format!("/c/{}.narinfo", nar.hash_part()),
+        Body::None,
+    );
     assert_eq!(ni.status, 200, "{}", ni.text());
     let text = ni.text();
     let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
@@ -252,7 +257,10 @@ fn a_tus_patch_on_a_full_disk_is_507_and_the_same_upload_resumes() {
     assert_full(&s, &r, "PATCH");
     std::fs::remove_file(filler).unwrap();
     let head = tus("HEAD", &url, &[], Body::None);
-    assert_eq!(head.header("upload-offset"), Some(half.to_string().as_str()));
+    assert_eq!(
+        head.header("upload-offset"),
+        Some(half.to_string().as_str())
+    );
     let r = patch(half, &nar.bytes[half..]);
     assert_eq!(r.status, 204, "{}", r.text());
     assert_eq!(r.header("ferry-upload-state"), Some("committed"));

@@ -192,6 +192,12 @@ impl ServerProcess {
         None
     }
 
+    /// SIGKILL now, keeping the handle (waits for the process to go).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL: no shutdown, no flushing.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

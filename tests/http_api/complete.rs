@@ -192,7 +192,10 @@ fn zstd_cut_before_its_frame_ends_is_422_even_with_every_nar_byte() {
     // byte decodes: the stored .nar.zst would break every reader.
     let (id, r) = send_wrong(&s, &nar, &zst[..zst.len() - 4], "zstd");
     let body = expect_err(&s, &r, 422, "invalid_compression");
-    assert!(body["message"].as_str().unwrap().contains("frame"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("frame"),
+        "{body}"
+    );
     assert_failed_then_recoverable(&s, &id, &r, &nar);
 }
 
