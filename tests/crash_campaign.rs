@@ -6,10 +6,16 @@
 //! Each trial builds a fresh closure (a unique salt, so new store paths): a
 //! 64 MiB random leaf (new bytes: 17 parts of 4 MiB to upload), a
 //! compressible 2 MiB leaf (the same NAR every time, so the server links it
-//! by NarHash instead) and a top path referencing both. The kill comes either after
-//! a random delay within the push's measured duration, or (about one trial
-//! in three) the moment the big upload has all its parts or leaves the
-//! `open` state, i.e. while `complete` is verifying or publishing. After
+//! by NarHash instead) and a top path referencing both. Trials take turns
+//! at three kinds of kill: early (10–60 % into the push's measured
+//! duration), at random within it, and the moment the database shows the
+//! big upload `verifying` (the server verifying or publishing it). Each
+//! trial is then classified by what the database held at the kill, not by
+//! the kill that was drawn: mid-upload (k of n parts), finishing (an upload
+//! `verifying`), between (one path done, the next not started), or done
+//! (the push had already ended). The campaign needs at least one trial
+//! mid-upload and one finishing (drawing up to three extra trials for a
+//! class that is short), and a push may be re-run at most once. After
 //! each trial:
 //! - every narinfo served for the closure has the local NarHash/NarSize,
 //!   and its NAR (zstd-decompressed) hashes to them ([`common::served`]);
@@ -48,8 +54,6 @@ const BIG: u64 = 64 * MIB;
 const TEXT: u64 = 2 * MIB;
 const PART_SIZE: &str = "4MiB";
 const PART_BYTES: u64 = 4 * MIB;
-/// Share of trials killed at `complete` rather than after a random delay.
-const AT_COMPLETE: f64 = 0.3;
 /// Longest a push may take to finish after the restart.
 const PUSH_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -382,34 +386,75 @@ fn tail(p: &Path) -> String {
 enum Kill {
     /// After this long from the push's start.
     Timed(Duration),
-    /// When the big upload holds all its parts or has left `open`, then
-    /// after this extra delay.
-    AtComplete(Duration),
+    /// The moment the big upload is `verifying`, then after this extra
+    /// delay.
+    AtVerifying(Duration),
+}
+
+/// Where a kill landed, from the database at the kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Landed {
+    /// The big path's upload open with some of its parts (or not begun).
+    MidUpload,
+    /// An upload of the closure `verifying`: the server verifying or
+    /// publishing it.
+    Finishing,
+    /// The big path done, the top one not yet (or the reverse).
+    Between,
+    /// The push had ended before the kill.
+    Done,
+}
+
+/// Classifies a kill by the database as it left it.
+fn landed(data: &Path, big: &str, top: &str, parts: u64, finished: bool) -> Landed {
+    if finished {
+        return Landed::Done;
+    }
+    let c = open_db(data);
+    let (b, t) = (upload_of(&c, big), upload_of(&c, top));
+    let verifying = |u: &Option<(String, u64)>| u.as_ref().is_some_and(|(s, _)| s == "verifying");
+    if verifying(&b) || verifying(&t) {
+        Landed::Finishing
+    } else {
+        match b {
+            None => Landed::MidUpload,
+            Some((s, n)) if s == "open" && n < parts => Landed::MidUpload,
+            _ => Landed::Between,
+        }
+    }
 }
 
 /// What one trial did.
 struct Trial {
     pushed: Vec<PathInfo>,
     line: String,
+    landed: Landed,
+}
+
+/// The kill a trial aims at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Aim {
+    Early,
+    Anywhere,
+    Verifying,
 }
 
 fn trial(
     bench: &mut Bench,
     rng: &mut StdRng,
-    k: usize,
-    of: usize,
+    (k, of): (usize, usize),
+    aim: Aim,
     calib: Duration,
     parts: u64,
 ) -> Trial {
     let t0 = Instant::now();
     let closure = build_closure(&spec("crash-trial"));
     let big = closure.blobs[0].clone();
-    let kill = if rng.gen_bool(AT_COMPLETE) {
-        Kill::AtComplete(Duration::from_millis(rng.gen_range(0..=30)))
-    } else {
-        Kill::Timed(Duration::from_millis(
-            rng.gen_range(0..=calib.as_millis() as u64 * 9 / 10),
-        ))
+    let ms = calib.as_millis() as u64;
+    let kill = match aim {
+        Aim::Early => Kill::Timed(Duration::from_millis(rng.gen_range(ms / 10..=ms * 6 / 10))),
+        Aim::Anywhere => Kill::Timed(Duration::from_millis(rng.gen_range(0..=ms * 9 / 10))),
+        Aim::Verifying => Kill::AtVerifying(Duration::from_millis(rng.gen_range(0..=3))),
     };
     let down = Duration::from_millis(rng.gen_range(0..=700));
     let logs = tempfile::tempdir().unwrap();
@@ -427,12 +472,12 @@ fn trial(
     let mut seen = String::new();
     match &kill {
         Kill::Timed(d) => std::thread::sleep(*d),
-        Kill::AtComplete(extra) => {
+        Kill::AtVerifying(extra) => {
             let db = open_db(bench.data_dir());
             let deadline = Instant::now() + PUSH_DEADLINE;
             loop {
                 if let Some((state, n)) = upload_of(&db, &big)
-                    && (state != "open" || n >= parts)
+                    && state != "open"
                 {
                     seen = format!("saw {state} {n}/{parts}, ");
                     break;
@@ -451,6 +496,7 @@ fn trial(
     let killed_at = started.elapsed();
     let finished_before = child.try_wait().unwrap().is_some();
     bench.kill9();
+    let landed = landed(bench.data_dir(), &big, &closure.top, parts, finished_before);
     let at_kill = format!(
         "big {}, top {}",
         describe_upload(bench.data_dir(), &big, parts),
@@ -472,18 +518,14 @@ fn trial(
             "trial {k}: the push gave up ({status}); running it again. Its stderr:\n{}",
             tail(&err_log)
         );
-        loop {
-            reruns += 1;
-            let out = bench.client.cmd(&args).output().unwrap();
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                reruns < 3,
-                "trial {k}: `ferry push` failed {reruns} times after the restart:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        // One re-run, as the module doc promises: no more.
+        reruns += 1;
+        let out = bench.client.cmd(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "trial {k}: the re-run of `ferry push` after the restart failed too:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let push_time = started.elapsed();
     assert!(
@@ -513,12 +555,13 @@ fn trial(
         format!("push re-run {reruns}x")
     };
     let line = format!(
-        "trial {}/{of}: kill {} at {:.2}s ({seen}db: {at_kill}), down {}ms; {how}; push {:.1}s; \
+        "trial {}/{of}: kill {} at {:.2}s ({seen}db: {at_kill}: {landed:?}), down {}ms; {how}; push {:.1}s; \
          gc removed {} blobs, {} uploads; {} blobs, {} open uploads left; ok in {:.1}s",
         k + 1,
-        match kill {
-            Kill::Timed(_) => "timed",
-            Kill::AtComplete(_) => "at-complete",
+        match aim {
+            Aim::Early => "early",
+            Aim::Anywhere => "timed",
+            Aim::Verifying => "at-verifying",
         },
         killed_at.as_secs_f64(),
         down.as_millis(),
@@ -532,6 +575,7 @@ fn trial(
     Trial {
         pushed: infos,
         line,
+        landed,
     }
 }
 
@@ -562,12 +606,44 @@ fn pushes_finish_and_stay_consistent_when_the_server_is_sigkilled() {
     );
 
     let mut lines = vec![];
-    for k in 0..trials {
-        let tr = trial(&mut bench, &mut rng, k, trials, calib, parts);
+    let mut landed: HashMap<Landed, usize> = HashMap::new();
+    let count = |l: &HashMap<Landed, usize>, c: Landed| l.get(&c).copied().unwrap_or(0);
+    // Each class must be seen at least once (when there are trials
+    // enough to aim at each); up to three extra trials aim at a short one.
+    let needs = |l: &HashMap<Landed, usize>| -> Option<Aim> {
+        if trials < 3 {
+            None
+        } else if count(l, Landed::MidUpload) == 0 {
+            Some(Aim::Early)
+        } else if count(l, Landed::Finishing) == 0 {
+            Some(Aim::Verifying)
+        } else {
+            None
+        }
+    };
+    let mut k = 0;
+    while k < trials || (k < trials + 3 && needs(&landed).is_some()) {
+        let aim = match (k >= trials, k % 3) {
+            (true, _) => needs(&landed).unwrap_or(Aim::Anywhere),
+            (false, 0) => Aim::Early,
+            (false, 1) => Aim::Verifying,
+            (false, _) => Aim::Anywhere,
+        };
+        let tr = trial(&mut bench, &mut rng, (k, trials), aim, calib, parts);
         println!("{}", tr.line);
+        *landed.entry(tr.landed).or_default() += 1;
         lines.push(tr.line);
         pushed.extend(tr.pushed);
+        k += 1;
     }
+    let mut classes: Vec<_> = landed.iter().collect();
+    classes.sort();
+    println!("crash campaign: kills landed {classes:?}");
+    assert_eq!(
+        needs(&landed),
+        None,
+        "kills never landed mid-upload or while finishing: {classes:?}"
+    );
 
     // Nothing an earlier trial published was lost to a later kill or GC.
     let t_all = Instant::now();
@@ -577,9 +653,9 @@ fn pushes_finish_and_stay_consistent_when_the_server_is_sigkilled() {
         .filter(|l| l.contains("resumed by itself"))
         .count();
     let rerun = lines.iter().filter(|l| l.contains("re-run")).count();
-    let at_complete = lines.iter().filter(|l| l.contains("at-complete")).count();
+    let at_complete = count(&landed, Landed::Finishing);
     println!(
-        "crash campaign: {trials} trials (seed {seed}; {at_complete} killed at complete), \
+        "crash campaign: {k} trials (seed {seed}; {at_complete} killed while finishing), \
          {resumed} resumed by the client, {rerun} needed a re-run, all {} paths re-checked in {:.1}s; total {:.1}s",
         pushed.len(),
         t_all.elapsed().as_secs_f64(),
