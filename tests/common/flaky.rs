@@ -46,6 +46,7 @@ pub struct FlakyProxy {
     stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
     cut: Arc<AtomicU64>,
+    cut_mid_body: Arc<AtomicU64>,
 }
 
 impl FlakyProxy {
@@ -60,6 +61,11 @@ impl FlakyProxy {
     /// Connections cut so far.
     pub fn cut(&self) -> u64 {
         self.cut.load(Ordering::SeqCst)
+    }
+    /// Of those, the ones cut inside a request body (after its head, before
+    /// its last byte), as the proxy's own HTTP/1.1 framing saw it.
+    pub fn cut_mid_body(&self) -> u64 {
+        self.cut_mid_body.load(Ordering::SeqCst)
     }
 }
 
@@ -89,7 +95,9 @@ pub fn start_flaky_proxy(upstream: SocketAddr, opts: FlakyOptions) -> FlakyProxy
     let stop = Arc::new(AtomicBool::new(false));
     let connections = Arc::new(AtomicU64::new(0));
     let cut = Arc::new(AtomicU64::new(0));
+    let cut_mid_body = Arc::new(AtomicU64::new(0));
     let (stop2, conns2, cut2) = (stop.clone(), connections.clone(), cut.clone());
+    let mid2 = cut_mid_body.clone();
     let carriers = Arc::new(AtomicU64::new(0));
     std::thread::spawn(move || {
         for (i, client) in listener.incoming().enumerate() {
@@ -106,6 +114,7 @@ pub fn start_flaky_proxy(upstream: SocketAddr, opts: FlakyOptions) -> FlakyProxy
                 opts: opts.clone(),
                 carriers: carriers.clone(),
                 cut: cut2.clone(),
+                cut_mid_body: mid2.clone(),
             };
             let rate = opts.bytes_per_sec;
             std::thread::spawn(move || pipe(c2, s2, Some(dice), rate));
@@ -117,6 +126,7 @@ pub fn start_flaky_proxy(upstream: SocketAddr, opts: FlakyOptions) -> FlakyProxy
         stop,
         connections,
         cut,
+        cut_mid_body,
     }
 }
 
@@ -126,6 +136,46 @@ struct Dice {
     /// Connections that have forwarded `cut_after.0` bytes so far.
     carriers: Arc<AtomicU64>,
     cut: Arc<AtomicU64>,
+    cut_mid_body: Arc<AtomicU64>,
+}
+
+/// Where a client-to-server byte stream is in its HTTP/1.1 framing
+/// (requests with `Content-Length` bodies, one after another).
+#[derive(Default)]
+struct Framing {
+    /// The head being read, until its blank line.
+    head: Vec<u8>,
+    /// Body bytes still to come of the current request.
+    body_left: u64,
+}
+
+impl Framing {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let take = (self.body_left as usize).min(data.len());
+                self.body_left -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            self.head.push(data[0]);
+            data = &data[1..];
+            if self.head.ends_with(b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.head).to_ascii_lowercase();
+                self.body_left = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                self.head.clear();
+            }
+        }
+    }
+
+    /// Inside a body: its head has passed, its last byte has not.
+    fn mid_body(&self) -> bool {
+        self.body_left > 0
+    }
 }
 
 impl Dice {
@@ -152,6 +202,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, dice: Option<Dice>, rate: Option
     let mut sent = 0u64;
     let mut decided = dice.is_none();
     let mut limit: Option<u64> = None;
+    let mut framing = Framing::default();
     let start = Instant::now();
     loop {
         let mut want = buf.len() as u64;
@@ -168,6 +219,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, dice: Option<Dice>, rate: Option
             if want == 0 {
                 if let Some(d) = &dice {
                     d.cut.fetch_add(1, Ordering::SeqCst);
+                    if framing.mid_body() {
+                        d.cut_mid_body.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
                 break;
             }
@@ -178,6 +232,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, dice: Option<Dice>, rate: Option
         };
         if to.write_all(&buf[..n]).is_err() {
             break;
+        }
+        if dice.is_some() {
+            framing.feed(&buf[..n]);
         }
         sent += n as u64;
         if let Some(r) = rate {
