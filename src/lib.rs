@@ -8,7 +8,8 @@
 //! publishes in one SQLite transaction (`db`) once blobs are in the
 //! content-addressed store (`store`). Substituter reads come straight from
 //! `db` and `store`. `nar` holds the pure Nix formats, `auth` the biscuit
-//! capability tokens, `config` the settings, `service` the assembly, and
+//! capability tokens, `config` the settings, `service` the assembly, `serve_lock` the
+//! one-server-per-data-dir lock, and
 //! `api` the wire types shared with the client.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod gc;
 pub mod nar;
+pub mod serve_lock;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -3,7 +3,9 @@
 //!
 //! Layout of the data directory:
 //! `ferry.db` (SQLite), `root.key` (the token root key, mode 0600),
-//! `blobs/` (the blob store), `uploads/` (parts of open uploads).
+//! `blobs/` (the blob store), `uploads/` (parts of open uploads),
+//! `serve.lock` (held by the one `ferry serve` of the directory: see
+//! [`crate::serve_lock`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +43,13 @@ impl DataDir {
     }
     pub fn uploads(&self) -> PathBuf {
         self.root.join("uploads")
+    }
+    /// Takes the data dir's serve lock: only `ferry serve` does, before it
+    /// opens anything (the offline commands share the database through
+    /// SQLite instead). Fails, naming the running server, when another
+    /// process holds it. See [`crate::serve_lock`].
+    pub fn lock(&self) -> anyhow::Result<crate::serve_lock::ServeLock> {
+        crate::serve_lock::ServeLock::acquire(&self.root)
     }
 }
 

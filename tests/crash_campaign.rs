@@ -529,7 +529,7 @@ fn trial(
     }
     let push_time = started.elapsed();
     assert!(
-        !bench.client.state_file("crash", CACHE).exists(),
+        !bench.client.push_state_left("crash", CACHE),
         "trial {k}: the push state is removed after a complete push"
     );
 

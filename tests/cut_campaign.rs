@@ -385,8 +385,8 @@ fn one_push(bench: &Bench, rng: &mut StdRng, k: usize, failures: &mut Vec<Failur
                     tail(&stderr, 5)
                 )),
             }
-            if bench.client.state_file(SERVER, CACHE).exists() {
-                fail("the push state file is left after a complete push".into());
+            if bench.client.push_state_left(SERVER, CACHE) {
+                fail("push state is left after a complete push".into());
             }
         }
         _ => {

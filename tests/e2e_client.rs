@@ -48,9 +48,16 @@ impl Client {
         eprintln!("ferry {} took {:?}", args.join(" "), t.elapsed());
         String::from_utf8(out).unwrap()
     }
-    fn state_file(&self, server: &str, cache: &str) -> PathBuf {
+    /// The push resume state directory of `server:cache`.
+    fn state_dir(&self, server: &str, cache: &str) -> PathBuf {
         self.state_home()
-            .join(format!("ferry/push-{server}-{cache}.json"))
+            .join(format!("ferry/push-{server}-{cache}"))
+    }
+    /// Whether any path's state (or lock) is left there.
+    fn push_state_left(&self, server: &str, cache: &str) -> bool {
+        std::fs::read_dir(self.state_dir(server, cache))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
     }
 }
 
@@ -129,7 +136,7 @@ fn push_through_100mb_proxy_then_nix_copies_with_generated_config() {
     );
     assert!(log.iter().all(|e| e.status < 400), "{log:?}");
     assert!(
-        !client.state_file("home", "main").exists(),
+        !client.push_state_left("home", "main"),
         "state is removed after a complete push"
     );
 
@@ -214,14 +221,22 @@ fn push_through_100mb_proxy_then_nix_copies_with_generated_config() {
     );
 }
 
-/// Waits for the push state file to record at least `n` acknowledged
-/// parts; returns (upload id, acknowledged part numbers).
+/// The first path's state file in a push state directory.
+fn first_state_file(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+}
+
+/// Waits for a path's file in the push state directory to record at least
+/// `n` acknowledged parts; returns (upload id, acknowledged part numbers).
 fn wait_for_acks(state: &Path, child: &mut Child, n: usize) -> (String, Vec<u64>) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(bytes) = std::fs::read(state)
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            && let Some((_, p)) = v["paths"].as_object().and_then(|m| m.iter().next())
+        if let Some(file) = first_state_file(state)
+            && let Ok(bytes) = std::fs::read(file)
+            && let Ok(p) = serde_json::from_slice::<serde_json::Value>(&bytes)
         {
             let parts: Vec<u64> = p["parts"]
                 .as_object()
@@ -277,7 +292,7 @@ fn killed_push_resumes_without_resending_acknowledged_parts() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let state = client.state_file("home", "resume");
+    let state = client.state_dir("home", "resume");
     let (id, acked) = wait_for_acks(&state, &mut child, 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();

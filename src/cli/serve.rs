@@ -46,6 +46,8 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
     })
 }
 
+/// `ferry serve`: takes the data dir's lock, opens it, listens, serves
+/// until Ctrl-C.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ferry::crash::arm_from_env().map_err(anyhow::Error::msg)?;
     let mut cfg = args.location.load()?;
@@ -58,12 +60,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&cfg.log_format);
+    // Held until this function returns; released by the kernel if the
+    // process dies. Taken before anything is opened or bound.
+    let mut lock = service::DataDir::new(&cfg.data_dir).lock()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async {
         let opened = service::open(&cfg)?;
         let listener = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        lock.record_listen(addr)?;
         if let Some(token) = &opened.first_admin_token {
             print_first_start(&cfg, addr, token);
         }
@@ -91,7 +97,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "recording read times failed");
         }
         Ok(())
-    })
+    });
+    // Background tasks (GC, revocation reload) stop with the runtime,
+    // before the lock lets another server in.
+    drop(runtime);
+    drop(lock);
+    served
 }
 
 fn print_first_start(cfg: &Config, addr: SocketAddr, token: &str) {

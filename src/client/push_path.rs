@@ -1,6 +1,7 @@
-//! Pushing one store path: pick up or create its upload, stream its parts
-//! (several in flight, each retried alone), wait for its references, then
-//! complete and wait for the verdict.
+//! Pushing one store path: hold the lock of its resume state (waiting
+//! while another process pushes the same path), pick up or create its
+//! upload, stream its parts (several in flight, each retried alone), wait
+//! for its references, then complete and wait for the verdict.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use super::http::{Api, Completed, UploadStart};
 use super::parts::NarStream;
 use super::pathinfo::PathInfo;
 use super::progress::Progress;
-use super::resume::StateFile;
+use super::resume::{PathLock, StateFile};
 use super::{ClientError, Result};
 use crate::api::CreateUpload;
 
@@ -67,6 +68,7 @@ impl From<ClientError> for SendError {
 /// Pushes `info`; its bar is advanced as NAR bytes are read.
 pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) -> Result<Outcome> {
     let path = info.path.clone();
+    let _held = hold(&ctx, &path, &bar).await?;
     let fail = |message: String| ClientError::Push {
         path: path.clone(),
         message,
@@ -150,6 +152,21 @@ enum Settled {
     Committed,
     /// Open again: parts to send (a fault or a lost part reopened it).
     Open,
+}
+
+/// Takes the lock of the path's resume state, waiting (off the async
+/// threads) while another process pushes the same path.
+async fn hold(ctx: &Arc<Ctx>, path: &str, bar: &ProgressBar) -> Result<PathLock> {
+    if let Some(held) = ctx.state.try_lock_path(path)? {
+        return Ok(held);
+    }
+    bar.set_message("waiting for another ferry push of this path");
+    let (c, p) = (ctx.clone(), path.to_owned());
+    let held = tokio::task::spawn_blocking(move || c.state.lock_path(&p))
+        .await
+        .map_err(|e| ClientError::Nix(format!("waiting for the path's lock stopped: {e}")))??;
+    bar.set_message("");
+    Ok(held)
 }
 
 enum Prepared {

@@ -44,11 +44,20 @@ impl FerryClient {
         String::from_utf8(out).expect("utf-8 output")
     }
 
-    /// The push resume state of `server:cache`.
-    pub fn state_file(&self, server: &str, cache: &str) -> PathBuf {
+    /// The push resume state directory of `server:cache` (one
+    /// `<hash-part>.json` per path being uploaded).
+    pub fn state_dir(&self, server: &str, cache: &str) -> PathBuf {
         self.home
             .path()
-            .join(format!("state/ferry/push-{server}-{cache}.json"))
+            .join(format!("state/ferry/push-{server}-{cache}"))
+    }
+
+    /// Whether any file (a path's state or lock) is left in the push
+    /// resume state of `server:cache`.
+    pub fn push_state_left(&self, server: &str, cache: &str) -> bool {
+        std::fs::read_dir(self.state_dir(server, cache))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
     }
 }
 
