@@ -350,7 +350,10 @@ fn killed_push_resumes_without_resending_acknowledged_parts() {
         (1..=n).collect::<Vec<_>>(),
         "every part sent exactly once over both runs"
     );
-    assert!(!state.exists(), "state is removed after the resumed push");
+    assert!(
+        !client.push_state_left("home", "resume"),
+        "state is removed after the resumed push"
+    );
 
     let netrc_dir = tempfile::tempdir().unwrap();
     let netrc = write_netrc(netrc_dir.path(), "127.0.0.1", &server.token);
