@@ -204,7 +204,7 @@ fn bytes_after_the_last_zstd_frame_are_422() {
     let s = server();
     let nar = Nar::new("after-frame", 5000);
     let mut sent = zstd_checked(&nar.bytes);
-    sent.extend_from_slice(&sent[..5].to_vec());
+    sent.extend_from_within(..5);
     let (id, r) = send_wrong(&s, &nar, &sent, "zstd");
     expect_err(&s, &r, 422, "invalid_compression");
     assert_failed_then_recoverable(&s, &id, &r, &nar);
