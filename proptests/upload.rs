@@ -1,6 +1,11 @@
-//! Property: any byte stream split into random parts, sent in random order
-//! (some twice), reassembles through the upload engine to the same NAR,
-//! for zstd and for plain uploads.
+//! Property: any byte stream split into random parts (many above the
+//! server's 256 KiB write batch), each part's body arriving in random
+//! chunks, parts sent in random order and in parallel, some first with
+//! other bytes (a conflicting re-send replaces the part), some with a
+//! wrong `Content-Digest` (refused, the part kept as it was), reassembles
+//! through the upload engine to the same NAR, for zstd and for plain
+//! uploads. When the last bytes sent for a part are corrupt, `complete`
+//! gives a verdict and nothing is published.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -13,20 +18,103 @@ use ferry::db::nars;
 use ferry::db::uploads::UploadMeta;
 use ferry::nar::{Sha256Hash, SigningKey, StorePath, Tree, write_nar};
 use ferry::store::{ChainReader, ChunkRef, LocalStore, SharedStore};
-use ferry::upload::{Completion, Compression, Created, Engine, EngineConfig, NewUpload, PartRules};
+use ferry::upload::{
+    Completion, Compression, Created, DigestAlgorithm, Engine, EngineConfig, ExpectedDigest,
+    NewUpload, PartRules,
+};
 use proptest::prelude::*;
 
+/// Files of up to ~900 KB: noise from a seed (cheap to make), some text.
 fn tree() -> impl Strategy<Value = Tree> {
-    let file = (
-        any::<bool>(),
-        proptest::collection::vec(any::<u8>(), 0..40_000),
-    )
-        .prop_map(|(executable, contents)| Tree::Regular {
-            executable,
-            contents,
-        });
-    proptest::collection::btree_map("[a-z]{1,8}", file, 1..6)
+    let file = (any::<bool>(), any::<u64>(), 0usize..900_000, any::<bool>()).prop_map(
+        |(executable, seed, len, text)| {
+            let mut contents = vec![0u8; len];
+            if text {
+                for (i, b) in contents.iter_mut().enumerate() {
+                    *b = b"ferry part property\n"[i % 20];
+                }
+            } else {
+                blake3::Hasher::new()
+                    .update(&seed.to_le_bytes())
+                    .finalize_xof()
+                    .fill(&mut contents);
+            }
+            Tree::Regular {
+                executable,
+                contents,
+            }
+        },
+    );
+    proptest::collection::btree_map("[a-z]{1,8}", file, 1..4)
         .prop_map(|m| Tree::Directory(m.into_iter().collect::<BTreeMap<_, _>>()))
+}
+
+/// How one case sends its parts.
+#[derive(Debug, Clone)]
+struct Plan {
+    zstd: bool,
+    raw_cuts: Vec<usize>,
+    order_seed: Vec<usize>,
+    /// Chunk sizes a body is split into (cycled).
+    chunking: Vec<usize>,
+    /// Parts (by seed) first sent with other bytes.
+    conflicting: Vec<usize>,
+    /// Parts (by seed) sent with a wrong digest first.
+    bad_digest: Vec<usize>,
+    /// A part (by seed) whose last bytes sent are corrupt.
+    leave_corrupt: Option<usize>,
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    use proptest::collection::vec;
+    (
+        any::<bool>(),
+        vec(any::<usize>(), 0..6),
+        vec(any::<usize>(), 1..10),
+        vec(1usize..400_000, 1..5),
+        vec(any::<usize>(), 0..3),
+        vec(any::<usize>(), 0..2),
+        proptest::option::weighted(0.2, any::<usize>()),
+    )
+        .prop_map(
+            |(zstd, raw_cuts, order_seed, chunking, conflicting, bad_digest, leave_corrupt)| Plan {
+                zstd,
+                raw_cuts,
+                order_seed,
+                chunking,
+                conflicting,
+                bad_digest,
+                leave_corrupt,
+            },
+        )
+}
+
+/// `bytes` as a body stream of chunks sized by `chunking` (cycled).
+fn chunked(
+    bytes: &[u8],
+    chunking: &[usize],
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin + use<> {
+    let mut chunks = vec![];
+    let mut at = 0;
+    for size in chunking.iter().cycle() {
+        if at >= bytes.len() {
+            break;
+        }
+        let end = (at + size).min(bytes.len());
+        chunks.push(Ok(Bytes::copy_from_slice(&bytes[at..end])));
+        at = end;
+    }
+    futures_util::stream::iter(chunks)
+}
+
+/// `bytes` with one byte flipped (or one byte, if empty).
+fn corrupt(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    match out.len() {
+        0 => out.push(1),
+        n => out[at % n] ^= 0x5a,
+    }
+    out
 }
 
 /// Cut points (sorted, deduplicated) splitting `len` bytes into parts.
@@ -39,7 +127,13 @@ fn cuts(len: usize, raw: &[usize]) -> Vec<(usize, usize)> {
     points.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
-fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
+fn run(nar: Vec<u8>, plan: Plan) {
+    let Plan {
+        zstd,
+        raw_cuts,
+        order_seed,
+        ..
+    } = plan.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,28 +198,71 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
             order.swap(i % n, s % n);
         }
         order.extend(order_seed.iter().take(2).map(|s| s % parts.len()));
+        let n_parts = parts.len();
+        let pick = |seeds: &[usize]| -> Vec<usize> { seeds.iter().map(|s| s % n_parts).collect() };
+        let (conflicting, bad_digest) = (pick(&plan.conflicting), pick(&plan.bad_digest));
+        let leave_corrupt = plan.leave_corrupt.map(|s| s % n_parts);
         let mut handles = vec![];
         for i in order {
             let (a, b) = parts[i];
-            let chunk = Bytes::copy_from_slice(&body[a..b]);
-            let (engine, id) = (engine.clone(), id.clone());
+            let right = body[a..b].to_vec();
+            let (engine, id, chunking) = (engine.clone(), id.clone(), plan.chunking.clone());
+            let (conflict, wrong_digest) = (conflicting.contains(&i), bad_digest.contains(&i));
+            let corrupt_last = leave_corrupt == Some(i);
             handles.push(tokio::spawn(async move {
-                let len = chunk.len() as u64;
-                let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(chunk)]);
-                let rules = PartRules {
-                    content_length: Some(len),
-                    ..PartRules::default()
+                let put = |bytes: Vec<u8>, digest: Option<Vec<u8>>| {
+                    let (engine, id, chunking) = (engine.clone(), id.clone(), chunking.clone());
+                    async move {
+                        let rules = PartRules {
+                            content_length: Some(bytes.len() as u64),
+                            digest: digest.map(|value| ExpectedDigest {
+                                algorithm: DigestAlgorithm::Blake3,
+                                value,
+                            }),
+                            ..PartRules::default()
+                        };
+                        engine
+                            .put_part(&id, i as u64 + 1, rules, chunked(&bytes, &chunking))
+                            .await
+                    }
                 };
-                engine
-                    .put_part(&id, i as u64 + 1, rules, stream)
-                    .await
-                    .unwrap();
+                if conflict {
+                    put(corrupt(&right, a + 1), None).await.unwrap();
+                }
+                if wrong_digest {
+                    let wrong = blake3::hash(b"not these bytes").as_bytes().to_vec();
+                    let e = put(right.clone(), Some(wrong)).await.unwrap_err();
+                    assert!(
+                        matches!(e, ferry::error::Error::PartDigestMismatch { .. }),
+                        "{e:?}"
+                    );
+                }
+                let digest = blake3::hash(&right).as_bytes().to_vec();
+                let row = put(right.clone(), Some(digest)).await.unwrap();
+                assert_eq!(row.size, right.len() as u64);
+                if corrupt_last {
+                    put(corrupt(&right, a), None).await.unwrap();
+                }
             }));
         }
         for h in handles {
             h.await.unwrap();
         }
-        let done = engine.complete(&id, parts.len() as u32).await.unwrap();
+        let done = engine.complete(&id, parts.len() as u32).await;
+        if leave_corrupt.is_some() {
+            let e = done.expect_err("a corrupt part was published");
+            assert!(
+                e.is_verdict() || matches!(e, ferry::error::Error::UploadFailed(_)),
+                "{e:?}"
+            );
+            let nar_hash = Sha256Hash::digest(&nar).to_string();
+            let stored = db
+                .call_blocking(|c| nars::find_by_nar_hash(c, &nar_hash))
+                .unwrap();
+            assert!(stored.is_none(), "nothing is published");
+            return;
+        }
+        let done = done.unwrap();
         assert!(matches!(done, Completion::Committed { .. }), "{done:?}");
         let nar_hash = Sha256Hash::digest(&nar).to_string();
         let (row, chunks) = db
@@ -153,15 +290,10 @@ fn run(nar: Vec<u8>, zstd: bool, raw_cuts: Vec<usize>, order_seed: Vec<usize>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_parts_in_random_order_reassemble(
-        t in tree(),
-        zstd in any::<bool>(),
-        raw_cuts in proptest::collection::vec(any::<usize>(), 0..8),
-        order_seed in proptest::collection::vec(any::<usize>(), 1..10),
-    ) {
-        run(write_nar(&t), zstd, raw_cuts, order_seed);
+    fn random_parts_in_random_chunks_and_order_reassemble(t in tree(), plan in plan()) {
+        run(write_nar(&t), plan);
     }
 }

@@ -121,3 +121,50 @@ print(json.dumps(out))
     let caches = parsed["ferry_cache_paths"].as_array().unwrap();
     assert!(caches.iter().any(|s| s[0]["cache"] == "m"), "{parsed}");
 }
+
+/// `ferry_db_busy_total` as `/metrics` reports it.
+fn busy_total(s: &InProcess) -> u64 {
+    let auth = format!("Authorization: Bearer {}", s.admin_token);
+    http_request("GET", &format!("{}/metrics", s.url), &[&auth], Body::None)
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_db_busy_total "))
+        .expect("ferry_db_busy_total")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_write_that_waits_on_another_connections_lock_is_counted() {
+    let s = InProcess::start();
+    let before = busy_total(&s);
+    // Another writer (as `ferry gc` or `ferry token revoke` would be)
+    // holds SQLite's write lock while the server writes.
+    let db = rusqlite::Connection::open(s.data_dir.path().join("ferry.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let create = std::thread::spawn({
+        let (url, auth) = (
+            s.url.clone(),
+            format!("Authorization: Bearer {}", s.admin_token),
+        );
+        move || {
+            http_request(
+                "POST",
+                &format!("{url}/_api/v1/caches"),
+                &[&auth],
+                Body::Bytes(br#"{"name":"waits"}"#.to_vec()),
+            )
+            .status
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!create.is_finished(), "the write did not wait for the lock");
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        create.join().unwrap(),
+        201,
+        "the write went through after the wait"
+    );
+    assert!(busy_total(&s) > before, "the wait was not counted");
+}

@@ -141,6 +141,18 @@ pub fn delete(conn: &Connection, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Per cache, by name: compressed bytes published (a NAR shared by several
+/// caches counts in each) and paths published (for `/metrics`).
+pub fn sizes(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.name, COALESCE(SUM(n.file_size), 0), COUNT(p.id) FROM caches c
+         LEFT JOIN paths p ON p.cache_id = c.id LEFT JOIN nars n ON n.id = p.nar_id
+         GROUP BY c.id ORDER BY c.name",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Cache rows by name, kept in memory: every request looks its cache up,
 /// and caches change only through this server's own API, which calls
 /// [`CacheIndex::forget`]. Absent names are not remembered, so probing

@@ -228,6 +228,13 @@ pub fn delete_parts(conn: &Connection, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// How many uploads are in each state (for `/metrics`).
+pub fn count_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Removes an upload and its part rows.
 pub fn delete(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("DELETE FROM uploads WHERE id = ?1", [id])?;

@@ -159,18 +159,8 @@ pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse> {
     let (uploads, sizes) = state
         .db
         .call(|c| {
-            let mut stmt = c.prepare("SELECT state, COUNT(*) FROM uploads GROUP BY state")?;
-            let uploads: Vec<(String, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut stmt = c.prepare(
-                "SELECT c.name, COALESCE(SUM(n.file_size), 0), COUNT(p.id) FROM caches c
-                 LEFT JOIN paths p ON p.cache_id = c.id LEFT JOIN nars n ON n.id = p.nar_id
-                 GROUP BY c.id ORDER BY c.name",
-            )?;
-            let sizes: Vec<(String, i64, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            let uploads = crate::db::uploads::count_by_state(c)?;
+            let sizes = crate::db::caches::sizes(c)?;
             Ok((uploads, sizes))
         })
         .await?;
