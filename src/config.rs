@@ -42,9 +42,13 @@ pub struct Config {
     /// unset keeps paths forever.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_retention: Option<String>,
-    /// Seconds a blob file with no database row is left alone before GC
-    /// removes it (a publish may be about to reference it).
+    /// Seconds a file no database row knows (in the blob store or the
+    /// uploads dir: a crash's leftover) is left alone before GC removes it.
+    /// Blobs the database knows go as soon as nothing refers to them.
     pub orphan_grace_secs: u64,
+    /// Seconds between writes of the recorded read times (narinfo and NAR
+    /// reads keep a path past its cache's retention).
+    pub access_flush_secs: u64,
     /// Host names the server answers for (the `Host` header); empty: any.
     pub allowed_hosts: Vec<String>,
     /// The URL clients reach the server at (e.g. https://cache.example.org),
@@ -69,6 +73,7 @@ impl Default for Config {
             gc_interval_secs: 3600,
             default_retention: None,
             orphan_grace_secs: 3600,
+            access_flush_secs: 60,
             allowed_hosts: vec![],
             public_url: None,
             log_format: "text".to_owned(),
@@ -105,6 +110,9 @@ impl Config {
         }
         if self.gc_interval_secs == 0 {
             anyhow::bail!("gc-interval-secs must be greater than 0");
+        }
+        if self.access_flush_secs == 0 {
+            anyhow::bail!("access-flush-secs must be greater than 0");
         }
         if let Some(r) = &self.default_retention {
             crate::auth::parse_duration(r)

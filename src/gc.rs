@@ -207,11 +207,11 @@ impl Collector {
     }
 }
 
-/// Runs `collector` every `interval`, forever, and flushes read times
-/// every minute in between.
-pub async fn run_periodic(collector: Arc<Collector>, interval: Duration) {
+/// Runs `collector` every `interval`, forever, and writes the recorded
+/// read times every `flush_every` in between.
+pub async fn run_periodic(collector: Arc<Collector>, interval: Duration, flush_every: Duration) {
     let mut gc = tokio::time::interval(interval);
-    let mut flush = tokio::time::interval(Duration::from_secs(60));
+    let mut flush = tokio::time::interval(flush_every);
     loop {
         tokio::select! {
             _ = gc.tick() => match collector.run().await {

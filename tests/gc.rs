@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Body, InProcess, files_under, http_request};
+use common::{Body, InProcess, ServerProcess, files_under, http_request};
 use ferry::config::Config;
 use ferry::db::caches::{self, NewCache};
 use ferry::db::nars::{self, Chunk, NewNar};
@@ -122,69 +122,64 @@ fn retention_expires_paths_and_frees_their_blobs() {
 }
 
 #[test]
-fn a_recorded_read_keeps_a_path_past_its_retention() {
-    let s = InProcess::start();
-    post(
-        &s,
-        "/_api/v1/caches",
-        serde_json::json!({"name": "c", "retention": "3s"}),
+fn a_read_over_http_keeps_a_path_past_its_retention() {
+    // A real server whose batched read times are written every second.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, "access-flush-secs = 1\n").unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        common::free_port(),
+        &[],
+        &["--config", cfg.to_str().unwrap()],
     );
-    let bytes = nar("read");
-    let up = post(
-        &s,
-        "/_api/v1/caches/c/uploads",
-        serde_json::json!({"store_path": "/nix/store/0000000000000000000000000000000c-x", "nar_hash": Sha256Hash::digest(&bytes).to_string(), "nar_size": bytes.len()}),
-    );
-    let url = up["upload_url"].as_str().unwrap().to_owned();
-    put_part(&s, &url, 1, &bytes);
-    post(
-        &s,
-        &format!("{url}/complete"),
-        serde_json::json!({"parts": 1}),
-    );
-    let auth = format!("Authorization: Bearer {}", s.admin_token);
-    let narinfo = format!("{}/c/0000000000000000000000000000000c.narinfo", s.url);
-    std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(
-        http_request("GET", &narinfo, &[&auth], Body::None).status,
-        200
-    );
-    let cfg = Config {
-        data_dir: s.data_dir.path().to_owned(),
-        orphan_grace_secs: 0,
-        ..Config::default()
+    let token = server.admin_token.clone().expect("admin token");
+    let call = |method: &str, path: &str, body: Body| {
+        let auth = format!("Authorization: Bearer {token}");
+        http_request(method, &format!("{}{path}", server.url), &[&auth], body)
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // 3.5 s after publishing, past the 3 s retention: a run whose access
-    // log holds a read of the path records it first and keeps the path.
-    // (The serving process's log is its own; note the read in this one.)
-    let report = rt.block_on(async {
-        let opened = ferry::service::open(&cfg).unwrap();
-        opened
-            .state
-            .access
-            .narinfo(1, "0000000000000000000000000000000c");
-        ferry::service::collector(&opened.state, &cfg)
-            .run()
-            .await
-            .unwrap()
-    });
-    assert_eq!(report.paths_expired, 0, "{report:?}");
+    let json = |v: serde_json::Value| Body::Bytes(v.to_string().into_bytes());
+    let r = call(
+        "POST",
+        "/_api/v1/caches",
+        json(serde_json::json!({"name": "c", "retention": "3s"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bytes = nar("read");
+    let hash = "0000000000000000000000000000000c";
+    let r = call(
+        "POST",
+        "/_api/v1/caches/c/uploads",
+        json(
+            serde_json::json!({"store_path": format!("/nix/store/{hash}-x"), "nar_hash": Sha256Hash::digest(&bytes).to_string(), "nar_size": bytes.len()}),
+        ),
+    );
+    let url = r.json()["upload_url"].as_str().unwrap().to_owned();
     assert_eq!(
-        http_request("GET", &narinfo, &[&auth], Body::None).status,
+        call("PUT", &format!("{url}/parts/1"), Body::Bytes(bytes)).status,
         200
     );
-    // Without a new read the next run expires it.
-    std::thread::sleep(Duration::from_millis(4100));
-    let report = rt.block_on(async {
-        let opened = ferry::service::open(&cfg).unwrap();
-        ferry::service::collector(&opened.state, &cfg)
-            .run()
-            .await
-            .unwrap()
-    });
-    assert_eq!(report.paths_expired, 1, "{report:?}");
+    let done = call(
+        "POST",
+        &format!("{url}/complete"),
+        json(serde_json::json!({"parts": 1})),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    let narinfo = format!("/c/{hash}.narinfo");
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(call("GET", &narinfo, Body::None).status, 200);
+    // The read is written by the server's own flush within a second; 3.6 s
+    // after publishing (past the retention), `ferry gc` keeps the path.
+    std::thread::sleep(Duration::from_millis(1600));
+    let report = ferry_gc(dir.path(), "");
+    assert_eq!(report["paths_expired"], 0, "{report}");
+    assert_eq!(call("GET", &narinfo, Body::None).status, 200);
+    // That read was the last: 3 s later the path goes. (The GET above was
+    // a read too, so wait past it.)
+    std::thread::sleep(Duration::from_millis(4200));
+    let report = ferry_gc(dir.path(), "");
+    assert_eq!(report["paths_expired"], 1, "{report}");
+    assert_eq!(call("GET", &narinfo, Body::None).status, 404);
 }
 
 #[test]

@@ -146,7 +146,13 @@ in
           "orphan-grace-secs" = mkOption {
             type = types.ints.unsigned;
             default = 3600;
-            description = "Seconds a blob file with no database row is left alone before GC removes it.";
+            description = "Seconds a file no database row knows (a crash's leftover, in the blob store or uploads dir) is left alone before GC removes it; blobs the database knows go as soon as nothing refers to them.";
+          };
+
+          "access-flush-secs" = mkOption {
+            type = types.ints.positive;
+            default = 60;
+            description = "Seconds between writes of recorded read times (reads keep a path past its cache's retention).";
           };
 
           "allowed-hosts" = mkOption {

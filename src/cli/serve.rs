@@ -85,7 +85,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "checking the blob store against the database failed");
         }
         let interval = std::time::Duration::from_secs(cfg.gc_interval_secs);
-        tokio::spawn(ferry::gc::run_periodic(collector, interval));
+        let flush_every = std::time::Duration::from_secs(cfg.access_flush_secs);
+        tokio::spawn(ferry::gc::run_periodic(collector, interval, flush_every));
         let (db, access) = (opened.state.db.clone(), opened.state.access.clone());
         tokio::spawn(service::watch_revocations(opened.state.clone()));
         let shutdown = async {

@@ -115,10 +115,22 @@ impl ServerProcess {
     /// [`ServerProcess::start`] with extra environment variables (such as
     /// `FERRY_CRASH_AT`).
     pub fn start_with_env(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_with(data_dir, port, env, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables and
+    /// extra `ferry serve` arguments (such as `--config FILE`).
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("FERRY_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -486,3 +486,54 @@ fn replacing_a_part_already_folded_uses_the_new_bytes() {
     );
     assert_eq!(zstd::decode_all(&file.body[..]).unwrap(), nar.bytes);
 }
+
+/// A path Nix 2.8 built and signed here: `nix-store
+/// --generate-binary-cache-key pin-1`, a derivation writing
+/// "pinned signature fixture\n", `nix store sign --key-file`; its NAR
+/// (`nix-store --dump`, base64) and the signature Nix made.
+const PIN_KEY: &str = "pin-1:OQnEJqj4+YnLPB2KABk6yADp1Xv0abJVSaLEA59P5LgvAdVWbQdCiXWwywJLs0ht2TjoQ8J+hL3UrePdP1E4Jw==";
+const PIN_PATH: &str = "/nix/store/20k646f1sinv6phrdfh70q2m0366qlkn-ferry-pin";
+const PIN_NAR: &str = "DQAAAAAAAABuaXgtYXJjaGl2ZS0xAAAAAQAAAAAAAAAoAAAAAAAAAAQAAAAAAAAAdHlwZQAAAAAHAAAAAAAAAHJlZ3VsYXIACAAAAAAAAABjb250ZW50cxkAAAAAAAAAcGlubmVkIHNpZ25hdHVyZSBmaXh0dXJlCgAAAAAAAAABAAAAAAAAACkAAAAAAAAA";
+const PIN_SIG: &str = "pin-1:1OtwNsaRo6GgWEFBNajXKLHS5tor5kSMf25aRSFr0iD4py9iUGEAXGJegVv8fh0GTEiGENLF9Aeui2Qx0GyuBA==";
+
+#[test]
+fn the_served_narinfo_carries_the_signature_nix_itself_made() {
+    use base64::Engine as _;
+    let s = InProcess::start();
+    // A cache holding the key Nix signed with (inserted before the server
+    // ever looks the name up).
+    let db = ferry::db::Db::open(&s.data_dir.path().join("ferry.db")).unwrap();
+    db.call_blocking(|c| {
+        ferry::db::caches::insert(
+            c,
+            &ferry::db::caches::NewCache {
+                name: "pin".into(),
+                public: false,
+                priority: 41,
+                store_dir: "/nix/store".into(),
+                retention_secs: None,
+                signing_key: PIN_KEY.into(),
+                upstream_keys: vec![],
+            },
+        )
+    })
+    .unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(PIN_NAR)
+        .unwrap();
+    let nar = Nar::from_bytes(PIN_PATH, bytes);
+    assert_eq!(
+        nar.hash.to_string(),
+        ferry::nar::Sha256Hash::parse("sha256-VY5zZ3N5V3Oti2XGFlME4ss0rvpYSb6auZp0Kc2L61Y=")
+            .unwrap()
+            .to_string(),
+        "the NarHash nix path-info printed"
+    );
+    push_ok(&s, "pin", &nar);
+    let text = narinfo(&s, "pin", PIN_PATH, Some(&s.admin_token)).text();
+    let sigs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Sig: "))
+        .collect();
+    assert_eq!(sigs, [PIN_SIG], "{text}");
+}
