@@ -449,3 +449,45 @@ fn db_state(h: &Harness, id: &str) -> String {
     })
     .unwrap_or_else(|_| "gone".into())
 }
+
+#[test]
+fn a_blob_lost_from_disk_unpublishes_its_path_at_start_instead_of_serving_it_broken() {
+    let h = Harness::new();
+    let (lost, kept) = (
+        Upload::new("lost-blob", "zstd"),
+        Upload::new("kept-blob", "none"),
+    );
+    {
+        let _s = h.serve(None);
+        publish(&h, &lost);
+        publish(&h, &kept);
+    }
+    // The disk loses one of `lost`'s blobs while the server is down.
+    let db = rusqlite::Connection::open(h.dir.path().join("ferry.db")).unwrap();
+    let blob: String = db
+        .query_row(
+            "SELECT c.blob FROM nar_chunks c JOIN nars n ON n.id = c.nar_id WHERE n.nar_hash = ?1",
+            [lost.nar.hash.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    let file = h
+        .dir
+        .path()
+        .join("blobs")
+        .join(&blob[..2])
+        .join(&blob[2..4])
+        .join(&blob);
+    std::fs::remove_file(&file).unwrap();
+    let _s = h.serve(None);
+    let hash = lost.nar.hash_part();
+    let r = h
+        .call("GET", &format!("/c/{hash}.narinfo"), Body::None)
+        .unwrap();
+    assert_eq!(r.status, 404, "a path whose blob is gone is still served");
+    kept.check_served(&h);
+    // It can be pushed again, and then is whole.
+    publish(&h, &lost);
+    lost.check_served(&h);
+}

@@ -358,3 +358,54 @@ fn a_kept_path_keeps_its_whole_closure() {
         );
     }
 }
+
+#[test]
+fn after_gc_nix_substitutes_a_kept_path_with_its_whole_closure() {
+    use common::client::{FerryClient, public_key_of};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, "access-flush-secs = 1\n").unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        common::free_port(),
+        &[],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let token = server.admin_token.clone().expect("admin token");
+    let client = FerryClient::new();
+    client.ok(&["login", "home", &server.url, &token]);
+    let pubkey = public_key_of(&client.ok(&["cache", "create", "home:r", "--retention", "3s"]));
+    let closure = common::build_closure(
+        &common::ClosureSpec::new("retained")
+            .salt(&common::unique_salt())
+            .random("leaf-a", 300_000)
+            .compressible("leaf-b", 200_000),
+    );
+    client.ok(&["push", "home:r", &closure.top]);
+    std::thread::sleep(Duration::from_millis(2000));
+    // Only the top path is read within the retention (as a substituter
+    // that has the leaves would).
+    let auth = format!("Authorization: Bearer {token}");
+    let top_hash = &closure.top["/nix/store/".len().."/nix/store/".len() + 32];
+    let r = http_request(
+        "GET",
+        &format!("{}/r/{top_hash}.narinfo", server.url),
+        &[&auth],
+        Body::None,
+    );
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(2600));
+    let report = ferry_gc(dir.path(), "");
+    assert_eq!(report["paths_expired"], 0, "the closure stays: {report}");
+    let netrc_dir = tempfile::tempdir().unwrap();
+    let netrc = common::write_netrc(netrc_dir.path(), "127.0.0.1", &token);
+    let store = common::nix_copy_from(
+        &format!("{}/r", server.url),
+        &pubkey,
+        Some(&netrc),
+        &closure.top,
+    );
+    for p in &closure.paths {
+        assert!(store.has(p), "{p} was not substituted");
+    }
+}
