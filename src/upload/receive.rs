@@ -284,7 +284,7 @@ impl Engine {
         let (received, broke) = match write_stream(&tmp, body, limit, alg).await {
             Ok(r) => r,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                discard(tmp.clone()).await;
                 return Err(e);
             }
         };
@@ -316,7 +316,7 @@ impl Engine {
             Ok(())
         };
         if let Err(e) = checked {
-            let _ = std::fs::remove_file(&tmp);
+            discard(tmp.clone()).await;
             return Err(e);
         }
         let part = PartRow {
@@ -362,7 +362,7 @@ impl Engine {
             .call(move |c| Ok(uploads::parts(c, &key)?.into_iter().find(|p| p.n == n)))
             .await?;
         if existing.as_ref() == Some(&part) {
-            let _ = std::fs::remove_file(&file);
+            discard(file.clone()).await;
             return Ok(part);
         }
         let slot = self.slot_or_load(id).await?;
@@ -370,7 +370,7 @@ impl Engine {
         // close the upload halfway through recording this part.
         let gate = slot.closing.read().await;
         if *gate {
-            let _ = std::fs::remove_file(&file);
+            discard(file.clone()).await;
             return Err(Error::UploadClosed {
                 id: id.to_owned(),
                 state: UploadState::Verifying.as_str().to_owned(),
@@ -449,16 +449,15 @@ impl Engine {
     {
         let dest = self.staged_path(cache_id, name)?;
         let dir = self.uploads_dir.join("staged");
-        std::fs::create_dir_all(&dir)?;
         let tmp = temp_name(&dir, 0);
         let received = match write_stream(&tmp, body, u64::MAX, None).await {
             Ok((r, None)) => r,
             Ok((_, Some(e))) => {
-                let _ = std::fs::remove_file(&tmp);
+                discard(tmp.clone()).await;
                 return Err(e);
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                discard(tmp.clone()).await;
                 return Err(e);
             }
         };
@@ -472,8 +471,21 @@ impl Engine {
     }
 
     /// The staged file called `name`, if one was `PUT`.
-    pub fn staged(&self, cache_id: i64, name: &str) -> Result<Option<PathBuf>> {
+    pub async fn staged(&self, cache_id: i64, name: &str) -> Result<Option<PathBuf>> {
         let p = self.staged_path(cache_id, name)?;
-        Ok(p.exists().then_some(p))
+        tokio::task::spawn_blocking(move || p.exists().then_some(p))
+            .await
+            .map_err(Error::internal)
     }
+
+    /// Drops a staged file that is no longer needed.
+    pub async fn unstage(&self, file: PathBuf) {
+        discard(file).await;
+    }
+}
+
+/// Removes a file that is no longer wanted, on the blocking pool; a file
+/// already gone is fine, and a failure only leaves a leftover for GC.
+async fn discard(file: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
 }

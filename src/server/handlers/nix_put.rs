@@ -72,11 +72,11 @@ pub async fn narinfo(
         },
         compression,
     };
-    let staged = state.engine.staged(cache.id, &file)?;
+    let staged = state.engine.staged(cache.id, &file).await?;
     let id = match state.engine.create(&cache, new).await? {
         Created::Committed { .. } => {
             if let Some(p) = staged {
-                let _ = std::fs::remove_file(p);
+                state.engine.unstage(p).await;
             }
             return Ok(json_no_store(
                 StatusCode::OK,
