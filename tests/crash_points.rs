@@ -210,6 +210,22 @@ impl Upload {
     }
 }
 
+/// With the server down: `ferry gc` at zero grace, restart, then resume
+/// upload `id` until it commits, and check what is served. The running
+/// server and the extra rounds the resume took.
+fn restart_and_resume(h: &Harness, up: &Upload, id: &str, what: &str) -> (ServerProcess, u32) {
+    h.gc_ok();
+    let s = h.serve(None);
+    let mut rounds = 0;
+    while !up.resume(h, id).unwrap() {
+        rounds += 1;
+        assert!(rounds < 50, "{what}: the upload never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up.check_served(h);
+    (s, rounds)
+}
+
 /// Crashes the server at `point` during an upload, runs GC with no grace
 /// while it is down, restarts, resumes, and checks the outcome.
 fn crash_during_upload(point: &str, compression: &'static str, replaced_part: bool) {
@@ -249,15 +265,7 @@ fn crash_during_upload(point: &str, compression: &'static str, replaced_part: bo
         "{point}: the server did not crash there ({status:?})"
     );
     drop(s);
-    h.gc_ok();
-    let _s = h.serve(None);
-    let mut rounds = 0;
-    while !up.resume(&h, &id).unwrap() {
-        rounds += 1;
-        assert!(rounds < 50, "{point}: the upload never committed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    up.check_served(&h);
+    let _s = restart_and_resume(&h, &up, &id, point);
     h.gc_ok();
     up.check_served(&h);
     let (listed, files) = h.blobs();
@@ -409,15 +417,7 @@ fn delayed_restart_campaign() {
             (state, req.join().unwrap().map(|r| r.status).ok())
         });
         drop(s);
-        h.gc_ok();
-        let _s = h.serve(None);
-        let mut rounds = 0;
-        while !up.resume(&h, &id).unwrap() {
-            rounds += 1;
-            assert!(rounds < 50, "trial {k}: the upload never committed");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        up.check_served(&h);
+        let (_s, rounds) = restart_and_resume(&h, &up, &id, &format!("trial {k}"));
         let (listed, files) = h.blobs();
         assert!(
             listed.iter().all(|b| files.contains(b)),

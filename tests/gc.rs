@@ -121,9 +121,9 @@ fn retention_expires_paths_and_frees_their_blobs() {
     );
 }
 
-#[test]
-fn a_read_over_http_keeps_a_path_past_its_retention() {
-    // A real server whose batched read times are written every second.
+/// A real server, on a data dir of its own, whose batched read times are
+/// written every second.
+fn flushing_server() -> (tempfile::TempDir, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, "access-flush-secs = 1\n").unwrap();
@@ -133,6 +133,12 @@ fn a_read_over_http_keeps_a_path_past_its_retention() {
         &[],
         &["--config", cfg.to_str().unwrap()],
     );
+    (dir, server)
+}
+
+#[test]
+fn a_read_over_http_keeps_a_path_past_its_retention() {
+    let (dir, server) = flushing_server();
     let token = server.admin_token.clone().expect("admin token");
     let call = |method: &str, path: &str, body: Body| {
         let auth = format!("Authorization: Bearer {token}");
@@ -362,15 +368,7 @@ fn a_kept_path_keeps_its_whole_closure() {
 #[test]
 fn after_gc_nix_substitutes_a_kept_path_with_its_whole_closure() {
     use common::client::{FerryClient, public_key_of};
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ferry.toml");
-    std::fs::write(&cfg, "access-flush-secs = 1\n").unwrap();
-    let server = ServerProcess::start_with(
-        dir.path(),
-        common::free_port(),
-        &[],
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let (dir, server) = flushing_server();
     let token = server.admin_token.clone().expect("admin token");
     let client = FerryClient::new();
     client.ok(&["login", "home", &server.url, &token]);
