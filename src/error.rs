@@ -53,6 +53,10 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    #[error(
+        "part {n} was not kept: the verifier already found part {at} wrong ({verdict}); replace part {at} or an earlier one, or start a new upload"
+    )]
+    PartAfterVerdict { n: u32, at: u32, verdict: String },
     #[error("parts {missing:?} have not been received: send them, then call complete again")]
     MissingParts { missing: Vec<u32> },
     #[error("the NAR's hash does not match the declared nar_hash: nothing was published")]
@@ -156,6 +160,7 @@ impl Error {
             Error::PartTruncated { .. } => "part_truncated",
             Error::PartDigestMismatch { .. } => "part_digest_mismatch",
             Error::MissingParts { .. } => "missing_parts",
+            Error::PartAfterVerdict { .. } => "part_after_verdict",
             Error::NarHashMismatch { .. } => "nar_hash_mismatch",
             Error::NarSizeMismatch { .. } => "nar_size_mismatch",
             Error::FileHashMismatch { .. } => "file_hash_mismatch",
@@ -214,6 +219,7 @@ impl Error {
                 json!({"algorithm": algorithm, "expected": expected, "actual": actual})
             }
             Error::MissingParts { missing } => json!({"missing": missing}),
+            Error::PartAfterVerdict { at, .. } => json!({"failed_part": at}),
             Error::NarHashMismatch { expected, actual }
             | Error::FileHashMismatch { expected, actual } => {
                 json!({"expected": expected, "actual": actual})

@@ -133,8 +133,15 @@ impl Authorizer {
             return Err(AuthError::Expired);
         }
         let result = self.decide(&verified, op, cache, now);
-        if !matches!(result, Err(AuthError::Internal(_))) {
-            let until = Instant::now() + left.min(DECISION_TTL);
+        let ttl = left.min(DECISION_TTL);
+        // An attenuation block may carry an earlier expiry than the
+        // authority's `left`: an allow is cached only if it still holds at
+        // the end of the caching time (expiry checks only ever turn from
+        // pass to fail), so no cached answer outlives any block's expiry.
+        let still_allowed_then =
+            || result.is_err() || self.decide(&verified, op, cache, now + ttl).is_ok();
+        if !matches!(result, Err(AuthError::Internal(_))) && still_allowed_then() {
+            let until = Instant::now() + ttl;
             let mut decisions = lock(&self.decisions);
             if decisions.len() >= MAX_ENTRIES {
                 let now = Instant::now();

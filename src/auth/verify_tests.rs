@@ -264,3 +264,23 @@ fn measure_check_cost() {
          decision cached {cached:?} (mean of {rounds})"
     );
 }
+
+#[test]
+fn a_cached_allow_never_outlives_an_attenuations_earlier_expiry() {
+    let (_, az, token) = setup(&[(Pull, "*")]);
+    // Token times are whole seconds: this expiry is past within 2 s.
+    let soon = SystemTime::now() + Duration::from_secs(1);
+    let narrowed = crate::auth::attenuate(
+        &token,
+        &crate::auth::Attenuation {
+            expires_at: Some(soon),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(az.check(&narrowed, Pull, "c"), Ok(()));
+    std::thread::sleep(Duration::from_millis(2600));
+    // Well inside the 30 s a decision may be cached: the earlier expiry wins.
+    assert_eq!(az.check(&narrowed, Pull, "c"), Err(AuthError::Expired));
+    assert_eq!(az.check(&token, Pull, "c"), Ok(()));
+}

@@ -29,6 +29,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::PartTooLarge { .. } | Error::LogTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
         Error::MissingParts { .. }
+        | Error::PartAfterVerdict { .. }
         | Error::NarHashMismatch { .. }
         | Error::NarSizeMismatch { .. }
         | Error::FileHashMismatch { .. }

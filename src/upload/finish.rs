@@ -63,7 +63,8 @@ enum Folded {
     Done,
     /// Part `n`'s bytes are gone or are not those its row names.
     Lost(Source),
-    Failed(Error),
+    /// The fold stopped at this part number.
+    Failed(Error, u32),
 }
 
 impl Engine {
@@ -84,6 +85,7 @@ impl Engine {
         let verifier = if needs_reset {
             s.stale = false;
             s.failed = None;
+            s.verdict_at = None;
             let row = self.get(id).await?;
             if row.compression == super::BUCKET {
                 return Ok(());
@@ -147,7 +149,12 @@ impl Engine {
         self.stats.verified(bytes, started.elapsed());
         match folded {
             Folded::Done => s.verifier = Some(verifier),
-            Folded::Failed(e) => s.failed = Some(e),
+            Folded::Failed(e, n) => {
+                if e.is_verdict() {
+                    s.verdict_at = Some(n);
+                }
+                s.failed = Some(e);
+            }
             Folded::Lost(part) => {
                 tracing::warn!(
                     upload = %id, part = part.n,
@@ -486,20 +493,20 @@ fn fold_parts(
                 match store.exists(&source.blake3) {
                     Ok(true) => match store.open(&source.blake3, 0) {
                         Ok(r) => r,
-                        Err(e) => return Folded::Failed(e.into()),
+                        Err(e) => return Folded::Failed(e.into(), source.n),
                     },
                     Ok(false) => return Folded::Lost(source),
-                    Err(e) => return Folded::Failed(e.into()),
+                    Err(e) => return Folded::Failed(e.into(), source.n),
                 }
             }
-            Err(e) => return Folded::Failed(e.into()),
+            Err(e) => return Folded::Failed(e.into(), source.n),
         };
         let mut hashing = Hashing {
             inner: reader,
             hasher: blake3::Hasher::new(),
         };
         if let Err(e) = verifier.fold(&mut hashing) {
-            return Folded::Failed(e);
+            return Folded::Failed(e, source.n);
         }
         if hashing.hasher.finalize().to_hex().as_str() != source.blake3 {
             return Folded::Lost(source);

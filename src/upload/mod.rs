@@ -120,6 +120,10 @@ struct Slot {
     stale: bool,
     /// The first error the verifier met; reported at `complete`.
     failed: Option<Error>,
+    /// When that error is a verdict: the part it was found in. Parts
+    /// after it can change nothing and are refused; a replacement of it
+    /// or of an earlier part may still cure the upload.
+    verdict_at: Option<u32>,
 }
 
 /// An upload's verifier state and its gate.
@@ -541,6 +545,7 @@ impl Engine {
                     present: parts.iter().map(|p| p.n).collect(),
                     stale: false,
                     failed: None,
+                    verdict_at: None,
                 }),
                 closing: tokio::sync::RwLock::new(false),
             })

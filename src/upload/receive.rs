@@ -278,6 +278,7 @@ impl Engine {
         }
         let row = self.get(id).await?;
         ensure_open(&row.id, row.state)?;
+        self.refuse_after_verdict(id, n as u32)?;
         let dir = self.dir_of(id);
         let tmp = temp_name(&dir, n);
         let alg = rules.digest.as_ref().map(|d| d.algorithm);
@@ -366,6 +367,10 @@ impl Engine {
             return Ok(part);
         }
         let slot = self.slot_or_load(id).await?;
+        if let Err(e) = self.refuse_after_verdict(id, n) {
+            discard(file.clone()).await;
+            return Err(e);
+        }
         // Hold the gate open across rename and row: `complete` cannot
         // close the upload halfway through recording this part.
         let gate = slot.closing.read().await;
@@ -409,6 +414,28 @@ impl Engine {
             }
         });
         Ok(part)
+    }
+}
+
+impl Engine {
+    /// Refuses part `n` when the verifier already found an earlier part
+    /// wrong: nothing after it can change the verdict. Checked without
+    /// waiting: while a fold runs, the part is taken.
+    fn refuse_after_verdict(&self, id: &str, n: u32) -> Result<()> {
+        let Some(slot) = self.slot(id)? else {
+            return Ok(());
+        };
+        let Ok(s) = slot.state.try_lock() else {
+            return Ok(());
+        };
+        match (s.verdict_at, &s.failed) {
+            (Some(at), Some(e)) if n > at && !s.stale => Err(Error::PartAfterVerdict {
+                n,
+                at,
+                verdict: e.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -195,3 +195,32 @@ fn any_content_type_is_accepted_for_parts() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(complete(&s, &id, 1).status, 200);
 }
+
+#[test]
+fn parts_after_a_part_found_wrong_are_refused_until_it_is_replaced() {
+    let s = InProcess::start();
+    create_cache(&s, "c", false);
+    let nar = Nar::new("verdict-early", 300_000);
+    let zst = zstd::encode_all(&nar.bytes[..], 3).unwrap();
+    let pieces = split(&zst, 2);
+    let id = start_upload(&s, "c", &nar, "zstd");
+    // Part 1 is not zstd: the background fold finds it at once.
+    put_part(&s, &id, 1, b"this is not a zstd frame at all, just words");
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = put_part_h(&s, &id, "3", b"later bytes", &[]);
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = refused.expect("a part after the failed one was never refused");
+    let body = expect_err(&s, &r, 422, "part_after_verdict");
+    assert_eq!(body["failed_part"], 1, "{body}");
+    // Replacing the wrong part is allowed and cures the upload.
+    put_part(&s, &id, 1, &pieces[0]);
+    put_part(&s, &id, 2, &pieces[1]);
+    let r = complete(&s, &id, 2);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
