@@ -31,6 +31,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::nar::{NarValidator, Sha256Hash};
 
+/// The largest zstd window an upload may ask for: 2^23 = 8 MiB, what
+/// levels up to 19 use. A frame asking for more (`--ultra`, `--long`) is
+/// refused as invalid zstd, so no upload can make the server hold a
+/// 128 MiB window per decoder.
+pub const MAX_WINDOW_LOG: u32 = 23;
+
 /// zstd level of stored listings (small JSON: compression is cheap).
 const LISTING_ZSTD_LEVEL: i32 = 3;
 
@@ -288,10 +294,17 @@ pub struct Verifier {
 /// check's own if it has one, else the decoder's.
 fn stage_error(stage: &mut NarStage, e: io::Error) -> Error {
     match stage.close() {
-        Ok(sink) => sink
-            .error
-            .take()
-            .unwrap_or_else(|| Error::InvalidCompression(e.to_string())),
+        Ok(sink) => sink.error.take().unwrap_or_else(|| {
+            let what = e.to_string();
+            if what.contains("too much memory") {
+                Error::InvalidCompression(format!(
+                    "a frame asks for a window over {} MiB; compress with a level up to 19, without --long or --ultra",
+                    1u32 << (MAX_WINDOW_LOG - 20)
+                ))
+            } else {
+                Error::InvalidCompression(what)
+            }
+        }),
         Err(internal) => internal,
     }
 }
@@ -315,7 +328,9 @@ impl Verifier {
         };
         let (pipeline, out_path) = match compression {
             Compression::Zstd => {
-                let dec = zstd::stream::write::Decoder::new(NarStage::start(sink)?)
+                let mut dec = zstd::stream::write::Decoder::new(NarStage::start(sink)?)
+                    .map_err(Error::internal)?;
+                dec.window_log_max(MAX_WINDOW_LOG)
                     .map_err(Error::internal)?;
                 (Pipeline::Zstd(dec), None)
             }
@@ -626,5 +641,25 @@ mod tests {
         };
         assert!(matches!(e, Error::InsufficientStorage(_)), "{e:?}");
         assert!(!e.is_verdict() && e.is_fault());
+    }
+
+    #[test]
+    fn a_frame_asking_for_a_huge_window_is_refused() {
+        let nar = nar(200_000);
+        let mut enc = zstd::stream::write::Encoder::new(vec![], 3).unwrap();
+        enc.window_log(27).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        enc.write_all(&nar).unwrap();
+        let zst = enc.finish().unwrap();
+        let e = verify(Compression::Zstd, nar.len() as u64, &zst, 65_536)
+            .err()
+            .unwrap();
+        match e {
+            Error::InvalidCompression(m) => assert!(m.contains("window"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Level 19's window is within the limit.
+        let zst = zstd::encode_all(&nar[..], 19).unwrap();
+        assert!(verify(Compression::Zstd, nar.len() as u64, &zst, 65_536).is_ok());
     }
 }
