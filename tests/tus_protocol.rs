@@ -872,3 +872,61 @@ fn cors_answers_configured_origins_only() {
         );
     }
 }
+
+#[test]
+fn a_deferred_length_over_max_size_is_413_and_so_are_bytes_past_it() {
+    let s = with_cache(InProcess::start_with(|c| c.tus_max_size = 1000));
+    let nar = Nar::new("deferred-big", 4000);
+    let meta = format!("Upload-Metadata: {}", nar.metadata());
+    let r = tus(
+        &s,
+        "POST",
+        &endpoint(&s),
+        &["Upload-Defer-Length: 1", &meta],
+        Body::None,
+    );
+    check(&r, 201, "deferred creation");
+    let loc = r.header("location").unwrap().to_owned();
+    // Bytes past the limit while the length is still deferred.
+    let r = patch(&s, &loc, 0, &nar.bytes[..1500], &[]);
+    check(&r, 413, "bytes past Tus-Max-Size");
+    assert_eq!(r.json()["error"], "upload_too_large");
+    // A length over the limit, arriving on a PATCH.
+    let len = format!("Upload-Length: {}", nar.bytes.len());
+    let r = patch(&s, &loc, 0, &nar.bytes[..500], &[&len]);
+    check(&r, 413, "late Upload-Length over Tus-Max-Size");
+    assert_eq!(offset_of(&s, &loc), 0, "nothing was kept");
+}
+
+#[test]
+fn x_http_method_override_patch_and_delete_work_through_post() {
+    let s = server();
+    let nar = Nar::new("override", 3000);
+    let loc = create(&s, &nar);
+    let r = tus(
+        &s,
+        "POST",
+        &loc,
+        &[
+            OFFSET_TYPE,
+            "Upload-Offset: 0",
+            "X-HTTP-Method-Override: PATCH",
+        ],
+        Body::Bytes(nar.bytes.clone()),
+    );
+    check(&r, 204, "PATCH as POST");
+    assert_published(&s, &nar);
+    let other = Nar::new("override-delete", 1000);
+    let loc = create(&s, &other);
+    let r = tus(
+        &s,
+        "POST",
+        &loc,
+        &["X-HTTP-Method-Override: DELETE"],
+        Body::None,
+    );
+    check(&r, 204, "DELETE as POST");
+    check(&head(&s, &loc), 404, "HEAD after termination");
+    let r = tus(&s, "POST", &loc, &[], Body::None);
+    assert_eq!(r.status, 400, "{}", r.text());
+}

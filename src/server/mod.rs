@@ -95,6 +95,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route("/", web::method(Method::OPTIONS).to(tus::options))
                     .route("/{id}", web::head().to(tus::head))
                     .route("/{id}", web::patch().to(tus::patch))
+                    .route("/{id}", web::post().to(tus::post_override))
                     .route("/{id}", web::delete().to(tus::delete))
                     .route("/{id}", web::method(Method::OPTIONS).to(tus::options)),
             )

@@ -264,6 +264,16 @@ pub async fn patch(
         .ok_or_else(|| Error::BadRequest("a PATCH needs Upload-Offset".into()))?;
     let length = number(h, "upload-length")?;
     let content_length = number(h, "content-length")?;
+    // `Tus-Max-Size` holds for a length that comes late, and for bytes
+    // sent while the length is still deferred.
+    let limit = state.tus.max_size;
+    let would_be = offset.saturating_add(content_length.unwrap_or(0));
+    if let Some(size) = length
+        .filter(|l| *l > limit)
+        .or(Some(would_be).filter(|w| *w > limit))
+    {
+        return Err(Error::TusTooLarge { size, limit });
+    }
     let check = checksum(h)?;
     let (info, _) = state
         .engine
@@ -274,6 +284,24 @@ pub async fn patch(
         .insert_header(("ferry-upload-state", info.state.as_str()));
     expires(&mut res, info.expires_at);
     Ok(res.finish())
+}
+
+/// `POST` with `X-HTTP-Method-Override: PATCH` or `DELETE`: what tus
+/// clients send through proxies that pass only GET and POST.
+pub async fn post_override(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    match text(req.headers(), "x-http-method-override").map(str::to_ascii_uppercase) {
+        Some(m) if m == "PATCH" => patch(state, req, path, body).await,
+        Some(m) if m == "DELETE" => delete(state, req, path).await,
+        other => Err(Error::BadRequest(format!(
+            "a POST to an upload needs X-HTTP-Method-Override: PATCH or DELETE (got {:?})",
+            other.unwrap_or_default()
+        ))),
+    }
 }
 
 /// `DELETE`: termination.
