@@ -57,6 +57,11 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Log format on stderr: "text" or "json".
     pub log_format: String,
+    /// An address serving `/metrics` without a token (for a Prometheus on
+    /// the same host); unset: none. The main listener serves `/metrics`
+    /// only to a token with `admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             allowed_hosts: vec![],
             public_url: None,
             log_format: "text".to_owned(),
+            metrics_listen: None,
         }
     }
 }

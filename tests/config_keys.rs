@@ -19,6 +19,7 @@ fn struct_keys() -> BTreeSet<String> {
     let c = Config {
         default_retention: Some("6 months".into()),
         public_url: Some("https://cache.example.org".into()),
+        metrics_listen: Some("127.0.0.1:9090".parse().unwrap()),
         ..Config::default()
     };
     let text = toml::to_string(&c).expect("Config serializes to TOML");

@@ -389,6 +389,7 @@ fn sixteen_pushers_and_sixty_four_readers() {
         let metrics = ctx
             .http
             .get(format!("{}/metrics", ctx.url))
+            .bearer_auth(&ctx.token)
             .send()
             .await
             .and_then(|r| r.error_for_status())

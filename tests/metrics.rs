@@ -51,7 +51,24 @@ fn metrics_parse_and_count_requests() {
         Body::Bytes(nar.clone()),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let text = http_request("GET", &format!("{}/metrics", s.url), &[], Body::None).text();
+    // Nobody without `admin` reads it on the main listener: it names every
+    // cache, private ones included.
+    let metrics = format!("{}/metrics", s.url);
+    let anonymous = http_request("GET", &metrics, &[], Body::None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert!(!anonymous.text().contains("\"m\""), "{}", anonymous.text());
+    let puller = s.mint(
+        &[(ferry::auth::Operation::Pull, "*")],
+        std::time::Duration::from_secs(600),
+    );
+    let r = http_request(
+        "GET",
+        &metrics,
+        &[&format!("Authorization: Bearer {puller}")],
+        Body::None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let text = http_request("GET", &metrics, &[&auth], Body::None).text();
     let script = r#"
 import sys, json
 from prometheus_client.parser import text_string_to_metric_families
@@ -167,4 +184,31 @@ fn a_write_that_waits_on_another_connections_lock_is_counted() {
         "the write went through after the wait"
     );
     assert!(busy_total(&s) > before, "the wait was not counted");
+}
+
+#[test]
+fn metrics_listen_serves_metrics_alone_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, format!("metrics-listen = \"127.0.0.1:{port}\"\n")).unwrap();
+    let server = common::ServerProcess::start_with(
+        dir.path(),
+        common::free_port(),
+        &[],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let side = format!("http://127.0.0.1:{port}");
+    let r = http_request("GET", &format!("{side}/metrics"), &[], Body::None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("ferry_http_requests_total"),
+        "{}",
+        r.text()
+    );
+    // Nothing else is served there, and the main listener still wants admin.
+    let r = http_request("GET", &format!("{side}/_api/v1/caches/x"), &[], Body::None);
+    assert_eq!(r.status, 404);
+    let r = http_request("GET", &format!("{}/metrics", server.url), &[], Body::None);
+    assert_eq!(r.status, 401);
 }

@@ -174,6 +174,13 @@ in
             default = "text";
             description = "Log format on stderr (the journal).";
           };
+
+          "metrics-listen" = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "127.0.0.1:9090";
+            description = "Address serving /metrics without a token (a Prometheus on the same host); null: none. The main listener serves /metrics to admin tokens only.";
+          };
         };
       };
     };

@@ -87,6 +87,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let interval = std::time::Duration::from_secs(cfg.gc_interval_secs);
         let flush_every = std::time::Duration::from_secs(cfg.access_flush_secs);
         tokio::spawn(ferry::gc::run_periodic(collector, interval, flush_every));
+        if let Some(addr) = cfg.metrics_listen {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on metrics-listen {addr}"))?;
+            tracing::info!(%addr, "serving /metrics without a token");
+            let state = opened.state.clone();
+            tokio::spawn(async move {
+                let never = std::future::pending::<()>();
+                if let Err(e) = ferry::server::run_metrics(listener, state, never).await {
+                    tracing::warn!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         let (db, access) = (opened.state.db.clone(), opened.state.access.clone());
         tokio::spawn(service::watch_revocations(opened.state.clone()));
         let shutdown = async {

@@ -1,5 +1,10 @@
 //! `GET /metrics`: Prometheus text exposition.
 //!
+//! On the main listener it needs a token with `admin` on every cache (the
+//! text names every cache, private ones included); on the optional
+//! `metrics-listen` address (for a Prometheus on the same host) it needs
+//! none, and that listener serves nothing else.
+//!
 //! Counters live in memory ([`Metrics`]) and are bumped by a middleware
 //! (requests by route pattern and status, bytes in and out), by the part
 //! handler and by the garbage collector; `ferry_db_busy_total` is the
@@ -76,6 +81,20 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// Renders every metric.
+/// `GET /metrics` on the main listener: `admin` only.
+pub async fn render_for_admin(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse> {
+    let token = crate::server::access::token_of(&req).ok_or(Error::Unauthenticated)?;
+    state
+        .auth
+        .check_global(&token, crate::auth::Operation::Admin)
+        .map_err(crate::server::access::auth_error)?;
+    render(state).await
+}
+
+/// The exposition text, for whoever may read it.
 pub async fn render(state: web::Data<AppState>) -> Result<HttpResponse> {
     let m = &state.metrics;
     let mut out = String::new();

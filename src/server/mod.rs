@@ -83,7 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| Error::BadRequest(format!("the URL is invalid: {e}")).into()),
     )
     .route("/healthz", web::get().to(health::healthz))
-    .route("/metrics", web::get().to(metrics::render))
+    .route("/metrics", web::get().to(metrics::render_for_admin))
     .service(
         web::scope("/_api/v1")
             .service(
@@ -141,6 +141,32 @@ fn host_refused(req: &actix_web::dev::ServiceRequest) -> Option<Error> {
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
     (!allowed.iter().any(|a| a == name || a == &host))
         .then(|| Error::HostNotAllowed(name.to_owned()))
+}
+
+/// Serves `/metrics` alone, without a token, on `listener` (the optional
+/// `metrics-listen` address, for a Prometheus on the same host).
+pub async fn run_metrics(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(metrics::render))
+            .default_service(web::to(handlers::health::not_found))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.stop(true).await;
+    });
+    server.await
 }
 
 /// Serves until `shutdown` resolves, on an already bound listener (so tests
