@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use ferry::db::Db;
@@ -188,7 +189,8 @@ fn run(nar: Vec<u8>, plan: Plan) {
                 Compression::None
             },
         };
-        let Created::Upload { id, .. } = engine.create(&cache, new).await.unwrap() else {
+        let Created::Upload { id, .. } = engine.create(&cache, new, &|_| true).await.unwrap()
+        else {
             panic!("expected an upload")
         };
         // A permutation of the parts, with a few sent twice.
@@ -203,12 +205,15 @@ fn run(nar: Vec<u8>, plan: Plan) {
         let (conflicting, bad_digest) = (pick(&plan.conflicting), pick(&plan.bad_digest));
         let leave_corrupt = plan.leave_corrupt.map(|s| s % n_parts);
         let mut handles = vec![];
+        let corrupt_stored = Arc::new(AtomicBool::new(false));
         for i in order {
             let (a, b) = parts[i];
             let right = body[a..b].to_vec();
             let (engine, id, chunking) = (engine.clone(), id.clone(), plan.chunking.clone());
             let (conflict, wrong_digest) = (conflicting.contains(&i), bad_digest.contains(&i));
             let corrupt_last = leave_corrupt == Some(i);
+            let has_corrupt = leave_corrupt.is_some();
+            let corrupt_stored = corrupt_stored.clone();
             handles.push(tokio::spawn(async move {
                 let put = |bytes: Vec<u8>, digest: Option<Vec<u8>>| {
                     let (engine, id, chunking) = (engine.clone(), id.clone(), chunking.clone());
@@ -226,22 +231,58 @@ fn run(nar: Vec<u8>, plan: Plan) {
                             .await
                     }
                 };
+                use ferry::error::Error::{PartAfterVerdict, PartDigestMismatch};
+                // A part refused because an earlier part stands wrong is
+                // sent again once that part is replaced, as a client would.
+                // Only a corrupt part left in place can refuse it for good.
+                let mut tries = 0;
+                let mut refused = || {
+                    tries += 1;
+                    tries < 400
+                };
                 if conflict {
-                    put(corrupt(&right, a + 1), None).await.unwrap();
+                    loop {
+                        match put(corrupt(&right, a + 1), None).await {
+                            Err(PartAfterVerdict { .. }) if refused() => {}
+                            Err(PartAfterVerdict { .. }) => break,
+                            other => {
+                                other.unwrap();
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
                 }
                 if wrong_digest {
                     let wrong = blake3::hash(b"not these bytes").as_bytes().to_vec();
                     let e = put(right.clone(), Some(wrong)).await.unwrap_err();
                     assert!(
-                        matches!(e, ferry::error::Error::PartDigestMismatch { .. }),
+                        matches!(e, PartDigestMismatch { .. } | PartAfterVerdict { .. }),
                         "{e:?}"
                     );
                 }
                 let digest = blake3::hash(&right).as_bytes().to_vec();
-                let row = put(right.clone(), Some(digest)).await.unwrap();
-                assert_eq!(row.size, right.len() as u64);
+                loop {
+                    match put(right.clone(), Some(digest.clone())).await {
+                        Ok(row) => {
+                            assert_eq!(row.size, right.len() as u64);
+                            break;
+                        }
+                        Err(PartAfterVerdict { .. }) if refused() => {}
+                        Err(e @ PartAfterVerdict { .. }) => {
+                            assert!(has_corrupt, "refused for good: {e:?}");
+                            return;
+                        }
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
                 if corrupt_last {
-                    put(corrupt(&right, a), None).await.unwrap();
+                    match put(corrupt(&right, a), None).await {
+                        Ok(_) => corrupt_stored.store(true, Ordering::SeqCst),
+                        Err(PartAfterVerdict { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
                 }
             }));
         }
@@ -249,7 +290,7 @@ fn run(nar: Vec<u8>, plan: Plan) {
             h.await.unwrap();
         }
         let done = engine.complete(&id, parts.len() as u32).await;
-        if leave_corrupt.is_some() {
+        if corrupt_stored.load(Ordering::SeqCst) {
             let e = done.expect_err("a corrupt part was published");
             assert!(
                 e.is_verdict() || matches!(e, ferry::error::Error::UploadFailed(_)),

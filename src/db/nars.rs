@@ -148,6 +148,16 @@ pub fn published_nar_hash(
         .optional()?)
 }
 
+/// The caches that publish NAR `nar_id`: (name, public).
+pub fn caches_publishing(conn: &Connection, nar_id: i64) -> Result<Vec<(String, bool)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT c.name, c.public FROM paths p JOIN caches c ON c.id = p.cache_id
+         WHERE p.nar_id = ?1",
+    )?;
+    let rows = stmt.query_map([nar_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// The signed narinfo text of a path in a cache.
 pub fn narinfo(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<Option<String>> {
     let mut stmt =

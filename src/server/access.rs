@@ -66,6 +66,17 @@ pub fn require(state: &AppState, req: &HttpRequest, op: Operation, name: &str) -
     state.auth.check(&token, op, name).map_err(auth_error)
 }
 
+/// Whether the request's token may pull from a cache, by name: what a
+/// dedup link needs (a right to the bytes, not the knowledge of a hash).
+pub fn pull_check<'a>(state: &'a AppState, req: &HttpRequest) -> impl Fn(&str) -> bool + Sync + 'a {
+    let token = token_of(req);
+    move |name: &str| {
+        token
+            .as_deref()
+            .is_some_and(|t| state.auth.check(t, Operation::Pull, name).is_ok())
+    }
+}
+
 /// Maps an authorization failure to the server error.
 pub fn auth_error(e: AuthError) -> Error {
     match e {

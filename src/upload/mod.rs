@@ -233,7 +233,17 @@ impl Engine {
 
     /// Starts an upload, or links an already stored NAR and publishes at
     /// once (dedup by NarHash), or says the cache already has the path.
-    pub async fn create(&self, cache: &CacheRow, new: NewUpload) -> Result<Created> {
+    ///
+    /// A stored NAR is linked only when `may_read` says the uploader may
+    /// pull from a cache that publishes it, or a public cache does:
+    /// knowing a NarHash proves nothing, so anyone else sends the bytes
+    /// (which are then stored once).
+    pub async fn create(
+        &self,
+        cache: &CacheRow,
+        new: NewUpload,
+        may_read: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Created> {
         check_new(cache, &new)?;
         let (cache_id, hash_part, nar_hash) = (
             cache.id,
@@ -246,12 +256,25 @@ impl Engine {
                 if let Some(published) = nars::published_nar_hash(c, cache_id, &hash_part)? {
                     return Ok(Err(published));
                 }
-                Ok(Ok(nars::find_by_nar_hash(c, &nar_hash)?))
+                Ok(Ok(match nars::find_by_nar_hash(c, &nar_hash)? {
+                    Some(nar) => {
+                        let holders = nars::caches_publishing(c, nar.id)?;
+                        Some((nar, holders))
+                    }
+                    None => None,
+                }))
             })
             .await?;
         let linkable = match existing {
             Err(nar_hash) => return Ok(Created::Committed { nar_hash }),
-            Ok(Some(nar)) if nar.nar_size == new.nar_size => Some(nar),
+            Ok(Some((nar, holders)))
+                if nar.nar_size == new.nar_size
+                    && holders
+                        .iter()
+                        .any(|(name, public)| *public || may_read(name)) =>
+            {
+                Some(nar)
+            }
             Ok(_) => None,
         };
         if let Some(nar) = linkable

@@ -94,9 +94,12 @@ fn upload_flow(compression: &str) {
     };
     let pieces = split(&data, 5);
     assert_eq!(pieces.len(), 5);
-    // Part 1 first with wrong bytes: a later resend with other bytes replaces it.
+    // Part 1 first with wrong bytes: a resend with other bytes replaces it.
+    // (While part 1 stands wrong, later parts are refused: see
+    // tests/http_api/parts.rs.)
     let wrong = put_part(&s, &id, 1, &noise("wrong", pieces[0].len()));
-    // Parts 5..2 and the real part 1 in parallel.
+    put_part(&s, &id, 1, &pieces[0]);
+    // Parts 5..2 and part 1 again in parallel.
     let acks = put_parallel(&s, &id, &pieces);
     for (i, a) in acks.iter().enumerate() {
         assert_eq!(a["n"], i + 1);
@@ -536,4 +539,46 @@ fn the_served_narinfo_carries_the_signature_nix_itself_made() {
         .filter_map(|l| l.strip_prefix("Sig: "))
         .collect();
     assert_eq!(sigs, [PIN_SIG], "{text}");
+}
+
+#[test]
+fn knowing_a_nar_hash_links_nothing_the_token_cannot_read() {
+    use ferry::auth::Operation::{Pull, Push};
+    let s = InProcess::start();
+    create_cache(&s, "private", false);
+    create_cache(&s, "mine", false);
+    let secret = Nar::new("secret", 4000);
+    push_ok(&s, "private", &secret);
+    let day = std::time::Duration::from_secs(86_400);
+    // An outsider names the secret NAR's hash and size: the bytes must come.
+    let outsider = s.mint(&[(Push, "mine"), (Pull, "mine")], day);
+    let other_path = Nar::from_bytes(&store_path("guess"), secret.bytes.clone());
+    let r = start_upload_with(&s, "mine", &outsider, &other_path.create_body("zstd", &[]));
+    assert_eq!(r.status, 201, "an outsider got a link: {}", r.text());
+    assert_eq!(
+        narinfo(&s, "mine", &other_path.path, Some(&outsider)).status,
+        404
+    );
+    // Through Nix's door too: a narinfo naming the hash, with no NAR sent.
+    // A token that may read the cache holding the NAR gets the link.
+    let reader = s.mint(&[(Push, "mine"), (Pull, "mine"), (Pull, "private")], day);
+    let linked = Nar::from_bytes(&store_path("linked"), secret.bytes.clone());
+    let r = start_upload_with(&s, "mine", &reader, &linked.create_body("zstd", &[]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "committed");
+    assert_eq!(narinfo(&s, "mine", &linked.path, Some(&reader)).status, 200);
+}
+
+#[test]
+fn a_nar_in_a_public_cache_is_linked_for_anyone_who_may_push() {
+    use ferry::auth::Operation::Push;
+    let s = InProcess::start();
+    create_cache(&s, "open", true);
+    create_cache(&s, "mine", false);
+    let shared = Nar::new("public-bytes", 4000);
+    push_ok(&s, "open", &shared);
+    let pusher = s.mint(&[(Push, "mine")], std::time::Duration::from_secs(600));
+    let other = Nar::from_bytes(&store_path("from-public"), shared.bytes.clone());
+    let r = start_upload_with(&s, "mine", &pusher, &other.create_body("zstd", &[]));
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -73,7 +73,8 @@ pub async fn narinfo(
         compression,
     };
     let staged = state.engine.staged(cache.id, &file).await?;
-    let id = match state.engine.create(&cache, new).await? {
+    let may_read = access::pull_check(&state, &req);
+    let id = match state.engine.create(&cache, new, &may_read).await? {
         Created::Committed { .. } => {
             if let Some(p) = staged {
                 state.engine.unstage(p).await;

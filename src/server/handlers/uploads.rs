@@ -86,7 +86,8 @@ pub async fn create(
         },
         compression,
     };
-    match state.engine.create(&cache, new).await? {
+    let may_read = access::pull_check(&state, &req);
+    match state.engine.create(&cache, new, &may_read).await? {
         Created::Committed { nar_hash } => Ok(json_no_store(
             StatusCode::OK,
             &json!({"state": "committed", "nar_hash": nar_hash}),
