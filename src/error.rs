@@ -57,6 +57,12 @@ pub enum Error {
         "part {n} was not kept: the verifier already found part {at} wrong ({verdict}); replace part {at} or an earlier one, or start a new upload"
     )]
     PartAfterVerdict { n: u32, at: u32, verdict: String },
+    #[error(
+        "the request body is {size} bytes, over this request's limit of {limit} bytes: send less per request"
+    )]
+    BodyTooLarge { size: u64, limit: u64 },
+    #[error("{count} store paths in one request, over the limit of {limit}: split the request")]
+    TooManyPaths { count: usize, limit: usize },
     #[error("parts {missing:?} have not been received: send them, then call complete again")]
     MissingParts { missing: Vec<u32> },
     #[error("the NAR's hash does not match the declared nar_hash: nothing was published")]
@@ -160,6 +166,8 @@ impl Error {
             Error::PartTruncated { .. } => "part_truncated",
             Error::PartDigestMismatch { .. } => "part_digest_mismatch",
             Error::MissingParts { .. } => "missing_parts",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::TooManyPaths { .. } => "too_many_paths",
             Error::PartAfterVerdict { .. } => "part_after_verdict",
             Error::NarHashMismatch { .. } => "nar_hash_mismatch",
             Error::NarSizeMismatch { .. } => "nar_size_mismatch",
@@ -210,7 +218,10 @@ impl Error {
         }
         let mut body = json!({"error": self.code(), "message": self.to_string()});
         let details = match self {
-            Error::PartTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Error::PartTooLarge { size, limit } | Error::BodyTooLarge { size, limit } => {
+                json!({"size": size, "limit": limit})
+            }
+            Error::TooManyPaths { count, limit } => json!({"count": count, "limit": limit}),
             Error::PartDigestMismatch {
                 algorithm,
                 expected,

@@ -667,6 +667,8 @@ fn rows(f: &Fixture) -> Vec<Row> {
     // About 10 MB of references, all valid but the last.
     let mut huge_refs: Vec<String> = (0..200_000).map(|i| store_path(&format!("ref-{i}"))).collect();
     huge_refs.push("/nix/store/../../etc/passwd".into());
+    let many_refs: Vec<String> = (0..10_001).map(|i| store_path(&format!("r-{i}"))).collect();
+    let too_many_paths: Vec<String> = (0..100_001).map(|i| store_path(&format!("p-{i}"))).collect();
     let tus_root = "/_api/v1/caches/c/tus/";
     let tus = f.tus.as_str();
     let tus_id = tus.rsplit('/').next().unwrap();
@@ -727,8 +729,12 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("unknown field", "POST", uploads, &[admin, JSON], create_with("narhash", json!("typo")), 400, "bad_request"),
         row("truncated JSON", "POST", uploads, &[admin, JSON], b(b"{\"store_path\": \"/nix/st"), 400, "bad_request"),
         row("JSON array instead of object", "POST", uploads, &[admin, JSON], j(json!([1, 2, 3])), 400, "bad_request"),
-        row("10 MB references array, one bad", "POST", uploads, &[admin, JSON], create_with("references", json!(huge_refs)), 400, "invalid_format"),
-        row("20 MB JSON body", "POST", uploads, &[admin, JSON], create_with("ca", json!("x".repeat(20 << 20))), 400, "bad_request"),
+        row("10 MB references array", "POST", uploads, &[admin, JSON], create_with("references", json!(huge_refs)), 413, "body_too_large"),
+        row("20 MB JSON body", "POST", uploads, &[admin, JSON], create_with("ca", json!("x".repeat(20 << 20))), 413, "body_too_large"),
+        row("10 001 references", "POST", uploads, &[admin, JSON], create_with("references", json!(many_refs)), 413, "too_many_paths"),
+        row("15 MB JSON to a private cache without a token", "POST", "/_api/v1/caches/c/missing", &[JSON], j(json!({"store_paths": [], "pad": "x".repeat(15 << 20)})), 401, "unauthorized"),
+        row("15 MB JSON with a token for another cache", "POST", uploads, &[&f.other_cache, JSON], create_with("ca", json!("x".repeat(15 << 20))), 401, "unauthorized"),
+        row("100 001 paths in one missing", "POST", "/_api/v1/caches/c/missing", &[admin, JSON], j(json!({"store_paths": too_many_paths})), 413, "too_many_paths"),
         // --- Cache names in URLs and bodies. ---
         row("cache name .. in a push", "POST", "/_api/v1/caches/../uploads", &[admin, JSON], j(f.open.create_body()), 400, "invalid_cache_name").via(Wire::Raw),
         row("cache name with %2F", "POST", "/_api/v1/caches/c%2F..%2Fother/uploads", &[admin, JSON], j(f.open.create_body()), 400, "invalid_cache_name"),

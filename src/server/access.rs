@@ -77,6 +77,22 @@ pub fn pull_check<'a>(state: &'a AppState, req: &HttpRequest) -> impl Fn(&str) -
     }
 }
 
+/// Checks, before a body naming the cache is read, that the request's
+/// token is valid and holds `op` on some pattern (creating a cache: the
+/// name comes in the body and is checked with [`require`] after).
+pub fn require_some(state: &AppState, req: &HttpRequest, op: Operation) -> Result<()> {
+    let token = token_of(req).ok_or(Error::Unauthenticated)?;
+    let info = state.auth.inspect(&token).map_err(auth_error)?;
+    if info.expires_at <= std::time::SystemTime::now() {
+        return Err(Error::Auth(AuthError::Expired));
+    }
+    if info.rights.iter().any(|(o, _)| *o == op) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(op))
+    }
+}
+
 /// Maps an authorization failure to the server error.
 pub fn auth_error(e: AuthError) -> Error {
     match e {

@@ -26,7 +26,10 @@ pub fn status_of(e: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::CacheExists(_) | Error::UploadClosed { .. } => StatusCode::CONFLICT,
-        Error::PartTooLarge { .. } | Error::LogTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::PartTooLarge { .. }
+        | Error::LogTooLarge { .. }
+        | Error::BodyTooLarge { .. }
+        | Error::TooManyPaths { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
         Error::MissingParts { .. }
         | Error::PartAfterVerdict { .. }

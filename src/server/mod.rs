@@ -5,6 +5,7 @@
 //! answer. Every error goes through `error.rs`.
 
 pub mod access;
+pub mod body;
 pub mod error;
 mod handlers;
 pub mod metrics;
@@ -70,15 +71,9 @@ pub struct TusSettings {
 /// The route table, also used by in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
+    // JSON bodies are read by the handlers after their access check
+    // (`body::json`), never by an extractor before it.
     cfg.app_data(
-        web::JsonConfig::default()
-            .limit(16 << 20)
-            .content_type_required(false)
-            .error_handler(|e, _| {
-                Error::BadRequest(format!("the JSON body is invalid: {e}")).into()
-            }),
-    )
-    .app_data(
         web::PathConfig::default()
             .error_handler(|e, _| Error::BadRequest(format!("the URL is invalid: {e}")).into()),
     )

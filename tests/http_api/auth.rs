@@ -202,3 +202,68 @@ fn public_cache_is_readable_anonymously() {
     );
     expect_err(&s, &r, 401, "unauthorized");
 }
+
+/// Sends only the head of a request announcing a large body, and reads
+/// the answer: it must come without the body ever being sent.
+fn answer_without_body(s: &InProcess, method: &str, path: &str, auth: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let addr = s.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: 15000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn
+        .read(&mut buf)
+        .expect("no answer before the body was sent: the server waited to read it");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn requests_without_the_right_are_refused_before_their_body_is_read() {
+    let s = InProcess::start();
+    create_cache(&s, "c", false);
+    let puller = s.mint(
+        &[(ferry::auth::Operation::Pull, "c")],
+        std::time::Duration::from_secs(600),
+    );
+    for (method, path, token, status) in [
+        ("POST", "/_api/v1/caches/c/missing", None, "401"),
+        ("POST", "/_api/v1/caches/c/uploads", None, "401"),
+        (
+            "POST",
+            "/_api/v1/caches/c/uploads",
+            Some(puller.as_str()),
+            "403",
+        ),
+        ("POST", "/_api/v1/caches", Some(puller.as_str()), "403"),
+        ("PATCH", "/_api/v1/caches/c", Some(puller.as_str()), "403"),
+        (
+            "POST",
+            "/_api/v1/tokens/revoke",
+            Some(puller.as_str()),
+            "401",
+        ),
+    ] {
+        let answer = answer_without_body(&s, method, path, token);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {answer}"
+        );
+    }
+    // With the right, an announced body over the limit is refused at once.
+    let answer = answer_without_body(
+        &s,
+        "POST",
+        "/_api/v1/caches/c/uploads",
+        Some(&s.admin_token),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+}

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::nar::SigningKey;
 use crate::nar::store_path::validate_hash_part;
 use crate::nar::store_path::validate_store_dir;
-use crate::server::{AppState, access};
+use crate::server::{AppState, access, body};
 
 /// Default priority: one after cache.nixos.org's 40.
 const DEFAULT_PRIORITY: i64 = 41;
@@ -58,9 +58,12 @@ pub fn info_of(state: &AppState, c: &CacheRow) -> Result<CacheInfo> {
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<CreateCache>,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let body = body.into_inner();
+    // The name is in the body: first that the token may create some cache
+    // (valid, unexpired, the right on a pattern), then the name itself.
+    access::require_some(&state, &req, Operation::CreateCache)?;
+    let body: CreateCache = body::json(&req, payload, body::JSON_LIMIT).await?;
     access::check_cache_name(&body.name)?;
     access::require(&state, &req, Operation::CreateCache, &body.name)?;
     let store_dir = body.store_dir.unwrap_or_else(|| "/nix/store".to_owned());
@@ -98,10 +101,10 @@ pub async fn configure(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<ConfigureCache>,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::ConfigureCache).await?;
-    let body = body.into_inner();
+    let body: ConfigureCache = body::json(&req, payload, body::JSON_LIMIT).await?;
     if let Some(keys) = &body.upstream_keys
         && let Some(bad) = keys
             .iter()

@@ -14,20 +14,31 @@ use crate::db::nars;
 use crate::db::uploads::UploadMeta;
 use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
-use crate::server::{AppState, access};
+use crate::server::{AppState, access, body};
 use crate::upload::{Completion, Compression, Created, NewUpload, PartRules};
+
+/// References one store path may declare (Nix's largest closures have a
+/// few thousand direct references at most).
+const MAX_REFERENCES: usize = 10_000;
 
 /// `POST /caches/{cache}/missing`: the paths the cache lacks.
 pub async fn missing(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<MissingRequest>,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
     let cache = match access::cache(&state, &req, &path, Operation::Push).await {
         Ok(c) => c,
         Err(_) => access::cache(&state, &req, &path, Operation::Pull).await?,
     };
+    let body: MissingRequest = body::json(&req, payload, body::MISSING_LIMIT).await?;
+    if body.store_paths.len() > body::MISSING_PATHS {
+        return Err(Error::TooManyPaths {
+            count: body.store_paths.len(),
+            limit: body::MISSING_PATHS,
+        });
+    }
     let mut parsed = Vec::with_capacity(body.store_paths.len());
     for p in &body.store_paths {
         parsed.push((
@@ -57,10 +68,16 @@ pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<CreateUpload>,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::Push).await?;
-    let body = body.into_inner();
+    let body: CreateUpload = body::json(&req, payload, body::JSON_LIMIT).await?;
+    if body.references.len() > MAX_REFERENCES {
+        return Err(Error::TooManyPaths {
+            count: body.references.len(),
+            limit: MAX_REFERENCES,
+        });
+    }
     let compression = match body.compression.as_deref() {
         None => Compression::None,
         Some(c) => Compression::parse(c).ok_or_else(|| {
@@ -187,9 +204,10 @@ pub async fn complete(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<CompleteRequest>,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
     upload_cache(&state, &req, &path).await?;
+    let body: CompleteRequest = body::json(&req, payload, body::JSON_LIMIT).await?;
     match state.engine.complete(&path, body.parts).await? {
         Completion::Committed { narinfo_url } => Ok(json_no_store(
             StatusCode::OK,
