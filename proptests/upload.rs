@@ -188,6 +188,7 @@ fn run(nar: Vec<u8>, plan: Plan) {
             } else {
                 Compression::None
             },
+            owner: None,
         };
         let Created::Upload { id, .. } = engine.create(&cache, new, &|_| true).await.unwrap()
         else {

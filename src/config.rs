@@ -27,6 +27,12 @@ pub struct Config {
     pub max_part_size: u64,
     /// Allow `max-part-size` above 95 MB (for servers not behind a tunnel).
     pub force_max_part_size: bool,
+    /// The largest NarSize an upload may declare, in bytes (413
+    /// `nar_too_large` above).
+    pub max_nar_size: u64,
+    /// Uploads one token (and the tokens attenuated from it) may have open
+    /// at once (429 `too_many_uploads` above).
+    pub max_open_uploads_per_token: u64,
     /// Seconds without a request after which an upload is removed.
     pub upload_expiry_secs: u64,
     /// zstd level for plain NARs the server compresses (1–19).
@@ -72,6 +78,8 @@ impl Default for Config {
             max_part_size: 64 * 1024 * 1024,
             force_max_part_size: false,
             upload_expiry_secs: 24 * 3600,
+            max_nar_size: crate::upload::DEFAULT_MAX_NAR_SIZE,
+            max_open_uploads_per_token: crate::upload::DEFAULT_MAX_OPEN_UPLOADS,
             zstd_level: crate::store::zstd_io::DEFAULT_LEVEL,
             tus_max_size: 1 << 40,
             cors_origins: vec![],
@@ -116,6 +124,12 @@ impl Config {
         }
         if self.gc_interval_secs == 0 {
             anyhow::bail!("gc-interval-secs must be greater than 0");
+        }
+        if self.max_nar_size == 0 {
+            anyhow::bail!("max-nar-size must be greater than 0");
+        }
+        if self.max_open_uploads_per_token == 0 {
+            anyhow::bail!("max-open-uploads-per-token must be greater than 0");
         }
         if self.access_flush_secs == 0 {
             anyhow::bail!("access-flush-secs must be greater than 0");

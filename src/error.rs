@@ -63,6 +63,14 @@ pub enum Error {
     BodyTooLarge { size: u64, limit: u64 },
     #[error("{count} store paths in one request, over the limit of {limit}: split the request")]
     TooManyPaths { count: usize, limit: usize },
+    #[error(
+        "nar_size {size} is over this server's max-nar-size of {limit} bytes: this path cannot be pushed here"
+    )]
+    NarTooLarge { size: u64, limit: u64 },
+    #[error(
+        "this token already has {limit} uploads open: complete or abandon some, or wait for them to expire"
+    )]
+    TooManyUploads { limit: u64 },
     #[error("parts {missing:?} have not been received: send them, then call complete again")]
     MissingParts { missing: Vec<u32> },
     #[error("the NAR's hash does not match the declared nar_hash: nothing was published")]
@@ -167,6 +175,8 @@ impl Error {
             Error::PartDigestMismatch { .. } => "part_digest_mismatch",
             Error::MissingParts { .. } => "missing_parts",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::NarTooLarge { .. } => "nar_too_large",
+            Error::TooManyUploads { .. } => "too_many_uploads",
             Error::TooManyPaths { .. } => "too_many_paths",
             Error::PartAfterVerdict { .. } => "part_after_verdict",
             Error::NarHashMismatch { .. } => "nar_hash_mismatch",
@@ -222,6 +232,8 @@ impl Error {
                 json!({"size": size, "limit": limit})
             }
             Error::TooManyPaths { count, limit } => json!({"count": count, "limit": limit}),
+            Error::NarTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Error::TooManyUploads { limit } => json!({"limit": limit}),
             Error::PartDigestMismatch {
                 algorithm,
                 expected,
@@ -266,6 +278,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Error::InsufficientStorage(_) => Some(10),
+            Error::TooManyUploads { .. } => Some(60),
             Error::Unavailable(_) => Some(5),
             _ => None,
         }

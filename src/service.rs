@@ -94,6 +94,8 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
             max_part_size: cfg.max_part_size,
             upload_expiry: cfg.upload_expiry(),
             zstd_level: cfg.zstd_level,
+            max_nar_size: cfg.max_nar_size,
+            max_open_uploads_per_token: cfg.max_open_uploads_per_token,
             ..EngineConfig::default()
         },
     )

@@ -112,6 +112,18 @@ in
             description = "Seconds without a request after which an unfinished upload is removed.";
           };
 
+          "max-nar-size" = mkOption {
+            type = types.ints.positive;
+            default = 274877906944;
+            description = "The largest NarSize an upload may declare, in bytes (413 nar_too_large above).";
+          };
+
+          "max-open-uploads-per-token" = mkOption {
+            type = types.ints.positive;
+            default = 256;
+            description = "Uploads one token (with its attenuations) may have open at once (429 too_many_uploads above).";
+          };
+
           "zstd-level" = mkOption {
             type = types.ints.between 1 19;
             default = 3;

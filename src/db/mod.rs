@@ -52,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../schema/0004_listings_logs.sql"),
     ),
     ("0005_blobs", include_str!("../../schema/0005_blobs.sql")),
+    (
+        "0006_upload_owners",
+        include_str!("../../schema/0006_upload_owners.sql"),
+    ),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

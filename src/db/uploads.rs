@@ -228,6 +228,26 @@ pub fn delete_parts(conn: &Connection, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Records who opened an upload (see `schema/0006_upload_owners.sql`).
+pub fn set_owner(conn: &Connection, id: &str, owner: &str) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO upload_owners (upload_id, owner) VALUES (?1, ?2)",
+        params![id, owner],
+    )?;
+    Ok(())
+}
+
+/// Uploads `owner` has open (not settled, not expired).
+pub fn open_of_owner(conn: &Connection, owner: &str, now: i64) -> Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM upload_owners o JOIN uploads u ON u.id = o.upload_id
+         WHERE o.owner = ?1 AND u.state IN ('open', 'verifying') AND u.expires_at > ?2",
+        params![owner, now],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
 /// How many uploads are in each state (for `/metrics`).
 pub fn count_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state")?;

@@ -93,6 +93,13 @@ pub fn require_some(state: &AppState, req: &HttpRequest, op: Operation) -> Resul
     }
 }
 
+/// Who the request's token is, for per-token quotas: the revocation id
+/// of its authority block, shared by every token attenuated from it.
+pub fn owner_of(req: &HttpRequest) -> Option<String> {
+    let token = token_of(req)?;
+    crate::auth::revocation_ids(&token).ok()?.into_iter().next()
+}
+
 /// Maps an authorization failure to the server error.
 pub fn auth_error(e: AuthError) -> Error {
     match e {

@@ -29,7 +29,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::PartTooLarge { .. }
         | Error::LogTooLarge { .. }
         | Error::BodyTooLarge { .. }
-        | Error::TooManyPaths { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        | Error::TooManyPaths { .. }
+        | Error::NarTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
         Error::MissingParts { .. }
         | Error::PartAfterVerdict { .. }

@@ -41,6 +41,11 @@ pub use verifier::Compression;
 /// The `compression` of a bucket upload (parts only, never verified).
 pub const BUCKET: &str = "bucket";
 
+/// Default `max-nar-size`: 256 GiB.
+pub const DEFAULT_MAX_NAR_SIZE: u64 = 256 << 30;
+/// Default `max-open-uploads-per-token`.
+pub const DEFAULT_MAX_OPEN_UPLOADS: u64 = 256;
+
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -52,6 +57,10 @@ pub struct EngineConfig {
     pub zstd_level: i32,
     /// How long `complete` waits before answering "verifying".
     pub complete_wait: Duration,
+    /// The largest NarSize an upload may declare, in bytes.
+    pub max_nar_size: u64,
+    /// Uploads one token (with its attenuations) may have open at once.
+    pub max_open_uploads_per_token: u64,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +70,8 @@ impl Default for EngineConfig {
             upload_expiry: Duration::from_secs(24 * 3600),
             zstd_level: crate::store::zstd_io::DEFAULT_LEVEL,
             complete_wait: Duration::from_secs(30),
+            max_nar_size: DEFAULT_MAX_NAR_SIZE,
+            max_open_uploads_per_token: DEFAULT_MAX_OPEN_UPLOADS,
         }
     }
 }
@@ -73,6 +84,9 @@ pub struct NewUpload {
     pub nar_size: u64,
     pub meta: UploadMeta,
     pub compression: Compression,
+    /// Who opens it (the token's first revocation id), for the per-token
+    /// quota; `None`: not counted.
+    pub owner: Option<String>,
 }
 
 /// The answer to [`Engine::create`].
@@ -244,7 +258,7 @@ impl Engine {
         new: NewUpload,
         may_read: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Created> {
-        check_new(cache, &new)?;
+        self.check_new(cache, &new)?;
         let (cache_id, hash_part, nar_hash) = (
             cache.id,
             new.store_path.hash_part().to_owned(),
@@ -283,7 +297,8 @@ impl Engine {
         {
             return Ok(Created::Committed { nar_hash });
         }
-        let (id, expires_at) = self.open(cache.id, Some(new)).await?;
+        let owner = new.owner.clone();
+        let (id, expires_at) = self.open(cache.id, Some(new), owner).await?;
         Ok(Created::Upload { id, expires_at })
     }
 
@@ -291,17 +306,27 @@ impl Engine {
     /// protocol has no "nothing to send" answer (tus). A NAR already stored
     /// is still deduplicated at publish time.
     pub async fn create_upload(&self, cache: &CacheRow, new: NewUpload) -> Result<(String, i64)> {
-        check_new(cache, &new)?;
-        self.open(cache.id, Some(new)).await
+        self.check_new(cache, &new)?;
+        let owner = new.owner.clone();
+        self.open(cache.id, Some(new), owner).await
     }
 
     /// Starts a bucket: an upload that only collects parts, to be absorbed
     /// into another upload later (tus partial uploads).
-    pub async fn create_bucket(&self, cache: &CacheRow) -> Result<(String, i64)> {
-        self.open(cache.id, None).await
+    pub async fn create_bucket(
+        &self,
+        cache: &CacheRow,
+        owner: Option<String>,
+    ) -> Result<(String, i64)> {
+        self.open(cache.id, None, owner).await
     }
 
-    async fn open(&self, cache_id: i64, new: Option<NewUpload>) -> Result<(String, i64)> {
+    async fn open(
+        &self,
+        cache_id: i64,
+        new: Option<NewUpload>,
+        owner: Option<String>,
+    ) -> Result<(String, i64)> {
         let id = uuid::Uuid::now_v7().to_string();
         let row = match new {
             Some(new) => UploadRow {
@@ -336,7 +361,20 @@ impl Engine {
         let expires_at = row.expires_at;
         // The row first, then its directory: a directory without a row is
         // a leftover that GC may sweep.
-        self.db.write(move |tx| uploads::insert(tx, &row)).await?;
+        let quota = self.cfg.max_open_uploads_per_token;
+        self.db
+            .write(move |tx| {
+                if let Some(owner) = &owner {
+                    if uploads::open_of_owner(tx, owner, db::now())? >= quota {
+                        return Err(Error::TooManyUploads { limit: quota });
+                    }
+                    uploads::insert(tx, &row)?;
+                    uploads::set_owner(tx, &row.id, owner)
+                } else {
+                    uploads::insert(tx, &row)
+                }
+            })
+            .await?;
         let dir = self.dir_of(&id);
         tokio::task::spawn_blocking(move || std::fs::create_dir_all(dir))
             .await
@@ -604,6 +642,19 @@ fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+impl Engine {
+    /// What an upload of `new` into `cache` must satisfy.
+    fn check_new(&self, cache: &CacheRow, new: &NewUpload) -> Result<()> {
+        if new.nar_size > self.cfg.max_nar_size {
+            return Err(Error::NarTooLarge {
+                size: new.nar_size,
+                limit: self.cfg.max_nar_size,
+            });
+        }
+        check_new(cache, new)
+    }
 }
 
 /// What an upload of `new` into `cache` must satisfy.

@@ -49,6 +49,8 @@ pub struct TusCreate {
     /// `Upload-Metadata` as sent.
     pub metadata: String,
     pub concat: Concat,
+    /// Who creates it (the token's first revocation id), for the quota.
+    pub owner: Option<String>,
 }
 
 /// What HEAD reports.
@@ -133,6 +135,7 @@ fn new_upload(cache: &CacheRow, metadata: &str) -> Result<NewUpload> {
             file_size: None,
         },
         compression,
+        owner: None,
     })
 }
 
@@ -151,16 +154,18 @@ impl Engine {
         }
         let (id, kind, length, concat) = match &req.concat {
             Concat::None => {
-                let new = new_upload(cache, &req.metadata)?;
+                let mut new = new_upload(cache, &req.metadata)?;
+                new.owner = req.owner.clone();
                 let (id, _) = self.create_upload(cache, new).await?;
                 (id, TusKind::Single, req.length, String::new())
             }
             Concat::Partial => {
-                let (id, _) = self.create_bucket(cache).await?;
+                let (id, _) = self.create_bucket(cache, req.owner.clone()).await?;
                 (id, TusKind::Partial, req.length, String::new())
             }
             Concat::Final(partials, header) => {
-                let new = new_upload(cache, &req.metadata)?;
+                let mut new = new_upload(cache, &req.metadata)?;
+                new.owner = req.owner.clone();
                 let mut total = 0;
                 for p in partials {
                     let info = self.tus_info(p).await?;

@@ -582,3 +582,61 @@ fn a_nar_in_a_public_cache_is_linked_for_anyone_who_may_push() {
     let r = start_upload_with(&s, "mine", &pusher, &other.create_body("zstd", &[]));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn nar_size_over_max_nar_size_is_413() {
+    let s = InProcess::start_with(|c| c.max_nar_size = 10_000);
+    create_cache(&s, "c", false);
+    let nar = Nar::new("too-big", 20_000);
+    let r = start_upload_with(&s, "c", &s.admin_token, &nar.create_body("zstd", &[]));
+    let body = expect_err(&s, &r, 413, "nar_too_large");
+    assert_eq!(body["limit"], 10_000);
+}
+
+#[test]
+fn one_token_may_hold_only_so_many_open_uploads() {
+    use ferry::auth::Operation::Push;
+    let s = InProcess::start_with(|c| c.max_open_uploads_per_token = 3);
+    create_cache(&s, "c", false);
+    let pusher = s.mint(&[(Push, "c")], std::time::Duration::from_secs(600));
+    let narrowed = ferry::auth::attenuate(
+        &pusher,
+        &ferry::auth::Attenuation {
+            caches: vec!["c".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let start = |token: &str, name: &str| {
+        let nar = Nar::new(name, 1000);
+        start_upload_with(&s, "c", token, &nar.create_body("zstd", &[]))
+    };
+    let mut ids = vec![];
+    for i in 0..3 {
+        let r = start(&pusher, &format!("quota-{i}"));
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let r = start(&pusher, "quota-over");
+    expect_err(&s, &r, 429, "too_many_uploads");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    // Attenuating the token does not make a new quota; another token has its own.
+    expect_err(
+        &s,
+        &start(&narrowed, "quota-narrowed"),
+        429,
+        "too_many_uploads",
+    );
+    assert_eq!(start(&s.admin_token, "quota-admin").status, 201);
+    // Abandoning one frees a place.
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/_api/v1/uploads/{}", ids[0]),
+        Some(&pusher),
+        &[],
+        Body::None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(start(&pusher, "quota-again").status, 201);
+}

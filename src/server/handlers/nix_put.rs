@@ -71,6 +71,7 @@ pub async fn narinfo(
             file_size: info.file_size,
         },
         compression,
+        owner: access::owner_of(&req),
     };
     let staged = state.engine.staged(cache.id, &file).await?;
     let may_read = access::pull_check(&state, &req);

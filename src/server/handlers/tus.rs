@@ -172,6 +172,7 @@ pub async fn create(
         length,
         metadata,
         concat,
+        owner: access::owner_of(&req),
     };
     let (mut info, _) = state.engine.tus_create(&cache, creation).await?;
     let content_length = number(h, "content-length")?.unwrap_or(0);

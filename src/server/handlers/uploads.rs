@@ -102,6 +102,7 @@ pub async fn create(
             file_size: None,
         },
         compression,
+        owner: access::owner_of(&req),
     };
     let may_read = access::pull_check(&state, &req);
     match state.engine.create(&cache, new, &may_read).await? {
