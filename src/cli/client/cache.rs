@@ -98,9 +98,22 @@ pub async fn run(cmd: CacheCommand) -> anyhow::Result<()> {
                     Some(a.upstream_keys).filter(|k| !k.is_empty())
                 },
             };
+            let was_public = match a.public {
+                Some(false) => l.api()?.cache_info(&l.target.cache).await?.public,
+                _ => false,
+            };
             let info = l.api()?.configure_cache(&l.target.cache, &req).await?;
             l.remember(&info)?;
             print_info(&info);
+            if was_public && !info.public {
+                eprintln!(
+                    "warning: {} was public, and its NARs were served with \
+                     `Cache-Control: public, max-age=31536000, immutable`: a CDN in front \
+                     (Cloudflare) may keep serving them to anyone with their URL. \
+                     Purge the CDN's cache for this host now.",
+                    l.target.cache
+                );
+            }
         }
         CacheCommand::Destroy(a) => {
             let mut l = Loaded::new(&a.target)?;
