@@ -57,6 +57,10 @@ pub struct Config {
     pub access_flush_secs: u64,
     /// Host names the server answers for (the `Host` header); empty: any.
     pub allowed_hosts: Vec<String>,
+    /// Peer addresses (IPs) whose `X-Forwarded-*` / `Forwarded` headers are
+    /// believed (a reverse proxy on the same host, such as cloudflared);
+    /// empty: nobody's.
+    pub trusted_proxies: Vec<String>,
     /// The URL clients reach the server at (e.g. https://cache.example.org),
     /// used for links in answers; unset: links are paths.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,7 @@ impl Default for Config {
             orphan_grace_secs: 3600,
             access_flush_secs: 60,
             allowed_hosts: vec![],
+            trusted_proxies: vec![],
             public_url: None,
             log_format: "text".to_owned(),
             metrics_listen: None,
@@ -130,6 +135,13 @@ impl Config {
         }
         if self.max_open_uploads_per_token == 0 {
             anyhow::bail!("max-open-uploads-per-token must be greater than 0");
+        }
+        for p in &self.trusted_proxies {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                anyhow::bail!(
+                    "trusted-proxies: {p:?} is not an IP address (give addresses such as \"127.0.0.1\" or \"::1\")"
+                );
+            }
         }
         if self.access_flush_secs == 0 {
             anyhow::bail!("access-flush-secs must be greater than 0");

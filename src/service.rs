@@ -125,6 +125,11 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
                 None => None,
             },
             allowed_hosts: cfg.allowed_hosts.clone(),
+            trusted_proxies: cfg
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
             public_url: cfg
                 .public_url
                 .clone()

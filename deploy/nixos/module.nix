@@ -174,6 +174,13 @@ in
             description = "Host names the server answers for (the Host header); empty: any.";
           };
 
+          "trusted-proxies" = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [ "127.0.0.1" ];
+            description = "Peer IPs whose X-Forwarded-* / Forwarded headers are believed (a proxy on this host); empty: nobody's.";
+          };
+
           "public-url" = mkOption {
             type = types.nullOr types.str;
             default = null;

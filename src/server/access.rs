@@ -100,6 +100,39 @@ pub fn owner_of(req: &HttpRequest) -> Option<String> {
     crate::auth::revocation_ids(&token).ok()?.into_iter().next()
 }
 
+/// Whether the request came straight from a proxy whose forwarding
+/// headers are believed.
+fn from_trusted_proxy(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> bool {
+    req.peer_addr().is_some_and(|p| trusted.contains(&p.ip()))
+}
+
+/// The host the client asked for: `X-Forwarded-Host` / `Forwarded` only
+/// from a trusted proxy, else the request's own `Host`.
+pub fn host_of(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
+    if from_trusted_proxy(req, trusted) {
+        return req.connection_info().host().to_owned();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// The client's address for the log: what a trusted proxy says it is
+/// forwarding for, else the peer.
+pub fn client_of(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
+    if from_trusted_proxy(req, trusted)
+        && let Some(ip) = req.connection_info().realip_remote_addr()
+    {
+        return ip.to_owned();
+    }
+    req.peer_addr()
+        .map(|p| p.ip().to_string())
+        .unwrap_or_default()
+}
+
 /// Maps an authorization failure to the server error.
 pub fn auth_error(e: AuthError) -> Error {
     match e {

@@ -55,6 +55,8 @@ pub struct Settings {
     pub default_retention_secs: Option<i64>,
     /// Host names answered for; empty: any.
     pub allowed_hosts: Vec<String>,
+    /// Peers whose forwarding headers are believed; empty: nobody's.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Prefix for links in answers (no trailing slash); empty: paths.
     pub public_url: String,
 }
@@ -132,7 +134,7 @@ fn host_refused(req: &actix_web::dev::ServiceRequest) -> Option<Error> {
     if allowed.is_empty() {
         return None;
     }
-    let host = req.connection_info().host().to_owned();
+    let host = access::host_of(req.request(), &state.settings.trusted_proxies);
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
     (!allowed.iter().any(|a| a == name || a == &host))
         .then(|| Error::HostNotAllowed(name.to_owned()))
@@ -189,9 +191,14 @@ pub async fn run(
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
                 let request_id = uuid::Uuid::now_v7().simple().to_string();
+                let client = req
+                    .app_data::<web::Data<AppState>>()
+                    .map(|s| access::client_of(req.request(), &s.settings.trusted_proxies))
+                    .unwrap_or_default();
                 let span = tracing::info_span!(
                     "request",
                     id = %request_id,
+                    client = %client,
                     method = %req.method(),
                     path = %req.path()
                 );

@@ -339,3 +339,46 @@ fn destroy_removes_the_cache_and_delete_path_unpublishes() {
     create_cache(&s, "gone", false);
     assert_eq!(narinfo(&s, "gone", &nar.path, Some(&admin)).status, 404);
 }
+
+#[test]
+fn forwarded_hosts_count_only_from_trusted_proxies() {
+    let get_with = |s: &InProcess, headers: &[&str]| {
+        call(
+            s,
+            "GET",
+            "/_api/v1/caches/c",
+            Some(&s.admin_token),
+            headers,
+            Body::None,
+        )
+    };
+    let s = InProcess::start_with(|c| c.allowed_hosts = vec!["cache.example.org".into()]);
+    let right = get_with(&s, &["Host: cache.example.org"]);
+    assert_ne!(right.status, 421, "{}", right.text());
+    let r = get_with(&s, &["Host: cache.example.org.evil"]);
+    expect_err(&s, &r, 421, "host_not_allowed");
+    // Anyone may send X-Forwarded-Host or Forwarded: from an untrusted
+    // peer they change nothing.
+    for forged in [
+        "X-Forwarded-Host: cache.example.org",
+        "Forwarded: host=cache.example.org",
+    ] {
+        let r = get_with(&s, &["Host: evil.example", forged]);
+        expect_err(&s, &r, 421, "host_not_allowed");
+    }
+    // From a trusted proxy (here: loopback) they name the host.
+    let s = InProcess::start_with(|c| {
+        c.allowed_hosts = vec!["cache.example.org".into()];
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+    });
+    let r = get_with(
+        &s,
+        &["Host: 127.0.0.1", "X-Forwarded-Host: cache.example.org"],
+    );
+    assert_ne!(r.status, 421, "{}", r.text());
+    let r = get_with(
+        &s,
+        &["Host: cache.example.org", "X-Forwarded-Host: evil.example"],
+    );
+    expect_err(&s, &r, 421, "host_not_allowed");
+}
