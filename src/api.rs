@@ -1,7 +1,7 @@
 //! Wire types and header names shared by the server and the client.
 //!
 //! Defined once so both sides agree; serde names are the JSON keys of
-//! API.md.
+//! the wire contract.
 
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@
 //! Then [`rows`] drives the test: each row is data — a request (method,
 //! path, headers, body, and how it travels: through curl, or over a raw
 //! socket when the bytes must go out unnormalised or the body must end
-//! early) and the status and stable `error` code that API.md and
+//! early) and the status and stable `error` code that the wire contract and
 //! `src/error.rs` give it. For every row the test checks that
 //! - the answer has exactly that status,
 //! - its body is JSON `{"error": <code>, "message": <sentence>, ...}` that
@@ -77,7 +77,7 @@ struct Row {
     headers: Vec<String>,
     body: Option<Vec<u8>>,
     wire: Wire,
-    /// The status API.md promises.
+    /// The status the wire contract promises.
     status: u16,
     /// The `error` code (`Error::code` in `src/error.rs`).
     code: &'static str,
@@ -85,9 +85,11 @@ struct Row {
     pin: Option<Pin>,
 }
 
-/// What the server answers today where it breaks the contract.
+/// What the server answers today where it breaks the contract: exactly
+/// this status and this body.
 struct Pin {
     status: u16,
+    body: &'static [u8],
     note: &'static str,
 }
 
@@ -120,11 +122,12 @@ impl Row {
         Row { wire, ..self }
     }
 
-    /// Marks a known server bug: today the answer is `status`, not the
-    /// row's expectation; `note` says what is wrong.
-    fn pinned(self, status: u16, note: &'static str) -> Row {
+    /// Marks a known server bug: today the answer is `status` with
+    /// exactly `body`, not the row's expectation; `note` says what is
+    /// wrong.
+    fn pinned(self, status: u16, body: &'static [u8], note: &'static str) -> Row {
         Row {
-            pin: Some(Pin { status, note }),
+            pin: Some(Pin { status, body, note }),
             ..self
         }
     }
@@ -398,8 +401,15 @@ fn judge(s: &InProcess, r: &Row, res: &HttpResponse) -> Result<(), String> {
     if message.trim().len() < 10 || !message.contains(' ') {
         return Err(format!("no human message in {shown}"));
     }
+    no_leak(s, res)
+}
+
+/// The body names no file of the server's.
+fn no_leak(s: &InProcess, res: &HttpResponse) -> Result<(), String> {
+    let text = res.text();
     let dir = s.data_dir.path().to_string_lossy().into_owned();
     if text.contains(&dir) || text.contains("/tmp/") {
+        let shown: String = text.chars().take(300).collect();
         return Err(format!("the body names a server file: {shown}"));
     }
     Ok(())
@@ -412,19 +422,21 @@ fn judge_row(s: &InProcess, r: &Row, res: &HttpResponse) -> Result<(), String> {
     };
     if judge(s, r, res).is_ok() {
         return Err(format!(
-            "now answers {} {} as API.md says: unpin this row (was: {})",
+            "now answers {} {} as the contract says: unpin this row (was: {})",
             r.status, r.code, pin.note
         ));
     }
-    if res.status != pin.status {
+    if res.status != pin.status || res.body != pin.body {
         return Err(format!(
-            "pinned at {} ({}) but answered {}: {:?}",
+            "pinned at {} {:?} ({}) but answered {}: {:?}",
             pin.status,
+            String::from_utf8_lossy(pin.body),
             pin.note,
             res.status,
             res.text().chars().take(300).collect::<String>()
         ));
     }
+    no_leak(s, res)?;
     eprintln!("known bug, row {:?}: {}", r.name, pin.note);
     Ok(())
 }
@@ -760,7 +772,7 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("part over max_part_size", "PUT", part("1"), &[admin], Some(noise("big", MAX_PART as usize + 1)), 413, "part_too_large"),
         row("part declaring a 1 TiB Content-Length", "PUT", part("1"), &[admin, "Content-Length: 1099511627776"], b(chunk), 413, "part_too_large").via(Wire::RawCut),
         row("part with a non-numeric Content-Length", "PUT", part("1"), &[admin, "Content-Length: abc"], b(chunk), 400, "bad_request").via(Wire::Raw)
-            .pinned(400, "actix's HTTP parser answers 400 with an empty, non-JSON body"),
+            .pinned(400, b"", "actix's HTTP parser answers 400 with an empty, non-JSON body"),
         row("part shorter than its Content-Length", "PUT", part("1"), &[admin, "Content-Length: 2000"], b(chunk), 400, "part_truncated").via(Wire::RawCut),
         row("part with a wrong sha-256 digest", "PUT", part("1"), &[admin, &wrong_sha], b(chunk), 400, "part_digest_mismatch"),
         row("part with a wrong blake3 digest", "PUT", part("1"), &[admin, &wrong_blake3], b(chunk), 400, "part_digest_mismatch"),
@@ -840,9 +852,9 @@ fn rows(f: &Fixture) -> Vec<Row> {
         // --- Huge and many headers. ---
         row("64 KiB junk header on a push", "POST", uploads, &[pull_only, JSON, &junk], j(f.open.create_body()), 403, "forbidden"),
         row("200 KiB junk header on a push", "POST", uploads, &[pull_only, JSON, &giant], j(f.open.create_body()), 431, "request_header_fields_too_large").via(Wire::Raw)
-            .pinned(431, "actix answers 431 with an empty, non-JSON body (no code exists for it)"),
+            .pinned(431, b"", "actix answers 431 with an empty, non-JSON body (no code exists for it)"),
         row("120 headers on a read", "GET", "/c/nix-cache-info", &many_h, None, 431, "request_header_fields_too_large").via(Wire::Raw)
-            .pinned(431, "actix answers 431 with an empty, non-JSON body (no code exists for it)"),
+            .pinned(431, b"", "actix answers 431 with an empty, non-JSON body (no code exists for it)"),
     ]
 }
 

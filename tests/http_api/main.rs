@@ -1,4 +1,4 @@
-//! In-process HTTP tests of the wire contract in API.md: every endpoint and
+//! In-process HTTP tests of the wire contract (README): every endpoint and
 //! every error code, one test per behaviour, through the real `curl`.
 //!
 //! Each test starts its own server (`common::InProcess`, port 0, fresh data
