@@ -153,15 +153,19 @@ pub fn sizes(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Cache rows by name, kept in memory: every request looks its cache up,
-/// and caches change only through this server's own API, which calls
-/// [`CacheIndex::forget`]. Absent names are not remembered, so probing
-/// names cannot grow it.
+/// Every cache row by name, kept in memory: every request looks its cache
+/// up, and caches change only through this server's own API, which calls
+/// [`CacheIndex::forget`]. The index holds all of them, so a name that
+/// does not exist is answered from memory as fast as one that does: the
+/// time of a 401 does not tell whether a private cache by that name
+/// exists. Probing names cannot grow it.
 pub struct CacheIndex {
     db: super::Db,
     map: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<CacheRow>>>,
-    /// Bumped by every `forget`, so a lookup that raced with a change does
-    /// not store the row it read before the change.
+    /// Set by `forget` (and at start): the next lookup reloads every row.
+    stale: std::sync::atomic::AtomicBool,
+    /// Bumped by every `forget`, so a reload that raced with a change does
+    /// not store the rows it read before the change.
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -170,34 +174,77 @@ impl CacheIndex {
         CacheIndex {
             db,
             map: Default::default(),
+            stale: std::sync::atomic::AtomicBool::new(true),
             generation: Default::default(),
         }
     }
 
     /// The cache called `name`, if any.
     pub async fn get(&self, name: &str) -> Result<Option<std::sync::Arc<CacheRow>>> {
-        if let Some(c) = self.map.read().map_err(Error::internal)?.get(name) {
-            return Ok(Some(c.clone()));
-        }
         use std::sync::atomic::Ordering;
+        if !self.stale.load(Ordering::SeqCst) {
+            return Ok(self.map.read().map_err(Error::internal)?.get(name).cloned());
+        }
         let generation = self.generation.load(Ordering::SeqCst);
-        let key = name.to_owned();
-        let row = self.db.call(move |c| get(c, &key)).await?;
-        let Some(row) = row else { return Ok(None) };
-        let row = std::sync::Arc::new(row);
+        let rows = self.db.call(|c| list(c)).await?;
+        let fresh: std::collections::HashMap<_, _> = rows
+            .into_iter()
+            .map(|r| (r.name.clone(), std::sync::Arc::new(r)))
+            .collect();
+        let found = fresh.get(name).cloned();
         let mut map = self.map.write().map_err(Error::internal)?;
         if self.generation.load(Ordering::SeqCst) == generation {
-            map.insert(name.to_owned(), row.clone());
+            *map = fresh;
+            self.stale.store(false, Ordering::SeqCst);
         }
-        Ok(Some(row))
+        Ok(found)
     }
 
-    /// Drops a cached row after its cache changed or was destroyed.
+    /// Marks the index out of date after a cache was created, changed or
+    /// destroyed (`name` says which; the next lookup reloads them all).
     pub fn forget(&self, name: &str) {
+        use std::sync::atomic::Ordering;
         if let Ok(mut m) = self.map.write() {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.stale.store(true, Ordering::SeqCst);
             m.remove(name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_cache(name: &str) -> NewCache {
+        NewCache {
+            name: name.into(),
+            public: false,
+            priority: 41,
+            store_dir: "/nix/store".into(),
+            retention_secs: None,
+            signing_key: crate::nar::SigningKey::generate(&format!("{name}-1"))
+                .unwrap()
+                .to_nix_string(),
+            upstream_keys: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_answers_present_and_absent_names_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("db")).unwrap();
+        db.write(|tx| insert(tx, &new_cache("a"))).await.unwrap();
+        let index = CacheIndex::new(db.clone());
+        assert!(index.get("a").await.unwrap().is_some());
+        assert!(index.get("b").await.unwrap().is_none());
+        // Rows written behind its back are not seen: neither lookup went
+        // to the database, so both take the same path.
+        db.write(|tx| insert(tx, &new_cache("b"))).await.unwrap();
+        assert!(index.get("b").await.unwrap().is_none());
+        // Until the API that changed them says so.
+        index.forget("b");
+        assert!(index.get("b").await.unwrap().is_some());
+        assert!(index.get("a").await.unwrap().is_some());
     }
 }

@@ -83,6 +83,7 @@ pub async fn create(
         upstream_keys: vec!["cache.nixos.org-1".to_owned()],
     };
     let row = state.db.write(move |tx| caches::insert(tx, &new)).await?;
+    state.caches.forget(&row.name);
     Ok(json_no_store(StatusCode::CREATED, &info_of(&state, &row)?))
 }
 
