@@ -342,5 +342,35 @@ fn build_log_bad_names_and_limits() {
     );
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["error"], "log_too_large");
+    // A gzip bomb of 1 GiB decoded: refused one byte past the limit.
+    let gz = {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            e.write_all(&block).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    assert!(gz.len() < 8 << 20, "{}", gz.len());
+    let r = call(
+        &s,
+        "PUT",
+        &format!("/pub/log/{DRV}"),
+        t,
+        &["Content-Encoding: gzip"],
+        Body::Bytes(gz),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(get(&s, &format!("/pub/log/{DRV}"), t).status, 404);
+    // Not what its Content-Encoding says: 400.
+    let r = call(
+        &s,
+        "PUT",
+        &format!("/pub/log/{DRV}"),
+        t,
+        &["Content-Encoding: gzip"],
+        Body::Bytes(b"plain text, not gzip".to_vec()),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
 }

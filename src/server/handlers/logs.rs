@@ -21,6 +21,35 @@ pub const MAX_LOG_SIZE: u64 = 64 << 20;
 /// zstd level of stored logs (text compresses well even at low levels).
 const LOG_ZSTD_LEVEL: i32 = 3;
 
+/// Undoes the client's `Content-Encoding`, stopping one byte past
+/// [`MAX_LOG_SIZE`].
+fn decode_log(encoding: &str, raw: Vec<u8>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let input = std::io::Cursor::new(raw);
+    let reader: Box<dyn Read> = match encoding {
+        "br" => Box::new(brotli_decompressor::Decompressor::new(input, 64 << 10)),
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(input)),
+        "zstd" => Box::new(zstd::stream::read::Decoder::new(input)?),
+        _ => Box::new(input),
+    };
+    let mut log = Vec::new();
+    reader
+        .take(MAX_LOG_SIZE + 1)
+        .read_to_end(&mut log)
+        .map_err(|e| {
+            Error::BadRequest(format!(
+                "the log is not valid {encoding} ({e}): send it plain or compressed as its Content-Encoding says"
+            ))
+        })?;
+    if log.len() as u64 > MAX_LOG_SIZE {
+        return Err(Error::LogTooLarge {
+            limit: MAX_LOG_SIZE,
+        });
+    }
+    Ok(log)
+}
+
 /// Checks that `drv` is a store path base name ending in `.drv`.
 fn check_drv(drv: &str, store_dir: &str) -> Result<()> {
     StorePath::from_base_name(drv, store_dir)?;
@@ -67,25 +96,28 @@ pub async fn put(
             limit: MAX_LOG_SIZE,
         });
     }
-    let mut stream = std::pin::pin!(actix_web::dev::Decompress::from_headers(
-        body,
-        req.headers()
-    ));
-    let mut log = Vec::new();
+    // The body as sent (compressed or not), at most the limit...
+    let mut stream = std::pin::pin!(body);
+    let mut raw = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| Error::BadRequest(format!("the request body was not read: {e}")))?;
-        if log.len() as u64 + chunk.len() as u64 > MAX_LOG_SIZE {
+        if raw.len() as u64 + chunk.len() as u64 > MAX_LOG_SIZE {
             return Err(Error::LogTooLarge {
                 limit: MAX_LOG_SIZE,
             });
         }
-        log.extend_from_slice(&chunk);
+        raw.extend_from_slice(&chunk);
     }
+    // ...then decoded a buffer at a time, stopping one byte past the
+    // limit: a small compressed bomb never grows past it in memory.
     let cache_id = cache.id;
-    let z = web::block(move || zstd::encode_all(&log[..], LOG_ZSTD_LEVEL))
-        .await
-        .map_err(Error::internal)??;
+    let z = web::block(move || -> Result<Vec<u8>> {
+        let log = decode_log(&encoding, raw)?;
+        Ok(zstd::encode_all(&log[..], LOG_ZSTD_LEVEL)?)
+    })
+    .await
+    .map_err(Error::internal)??;
     state
         .db
         .write(move |tx| logs::put(tx, cache_id, &drv, &z))
@@ -106,17 +138,15 @@ pub async fn get(
     check_drv(&drv, &cache.store_dir)?;
     let key = drv.clone();
     let cache_id = cache.id;
-    let log = state
+    let z = state
         .db
-        .call(move |c| {
-            logs::get(c, cache_id, &key)?
-                .map(|z| zstd::decode_all(&z[..]).map_err(Error::internal))
-                .transpose()
-        })
+        .call(move |c| logs::get(c, cache_id, &key))
         .await?
         .ok_or_else(|| Error::NotFound(format!("the build log of {drv}")))?;
+    // Decompressed as it is sent, not whole into memory.
+    let log = zstd::stream::read::Decoder::new(std::io::Cursor::new(z))?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, cache_control(cache.public, 60)))
-        .body(log))
+        .streaming(crate::server::stream::from_reader(log)))
 }

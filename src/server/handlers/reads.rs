@@ -76,17 +76,17 @@ pub async fn listing(
     let cache = access::cache(&state, &req, &name, Operation::Pull).await?;
     validate_hash_part(&hash)?;
     let key = hash.clone();
-    let json = state
+    let cache_id = cache.id;
+    let z = state
         .db
-        .call(move |c| {
-            nars::listing(c, cache.id, &key)?
-                .map(|z| zstd::decode_all(&z[..]).map_err(Error::internal))
-                .transpose()
-        })
+        .call(move |c| nars::listing(c, cache_id, &key))
         .await?
         .ok_or_else(|| Error::NotFound(format!("{hash}.ls")))?;
+    // Decompressed as it is sent: memory holds the compressed listing and
+    // a few buffers, not the whole JSON.
+    let json = zstd::stream::read::Decoder::new(std::io::Cursor::new(z))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("cache-control", cache_control(cache.public, 60)))
-        .body(json))
+        .streaming(crate::server::stream::from_reader(json)))
 }
