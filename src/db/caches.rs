@@ -142,12 +142,13 @@ pub fn delete(conn: &Connection, id: i64) -> Result<()> {
 }
 
 /// Per cache, by name: compressed bytes published (a NAR shared by several
-/// caches counts in each) and paths published (for `/metrics`).
+/// caches counts in each) and paths published (for `/metrics`). Read from
+/// `cache_stats`, which triggers keep up to date: one row per cache, not a
+/// join over every path.
 pub fn sizes(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT c.name, COALESCE(SUM(n.file_size), 0), COUNT(p.id) FROM caches c
-         LEFT JOIN paths p ON p.cache_id = c.id LEFT JOIN nars n ON n.id = p.nar_id
-         GROUP BY c.id ORDER BY c.name",
+        "SELECT c.name, COALESCE(s.bytes, 0), COALESCE(s.paths, 0) FROM caches c
+         LEFT JOIN cache_stats s ON s.cache_id = c.id ORDER BY c.name",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -246,5 +247,60 @@ mod tests {
         index.forget("b");
         assert!(index.get("b").await.unwrap().is_some());
         assert!(index.get("a").await.unwrap().is_some());
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cache_stats_follow_paths_as_triggers_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("db")).unwrap();
+        let new = |name: &str| NewCache {
+            name: name.into(),
+            public: false,
+            priority: 41,
+            store_dir: "/nix/store".into(),
+            retention_secs: None,
+            signing_key: crate::nar::SigningKey::generate(&format!("{name}-1"))
+                .unwrap()
+                .to_nix_string(),
+            upstream_keys: vec![],
+        };
+        let (a, _) = (
+            db.write(move |tx| insert(tx, &new("a"))).await.unwrap(),
+            db.write(move |tx| insert(tx, &new("b"))).await.unwrap(),
+        );
+        let stats = db
+            .write(move |tx| {
+                let chunk = |b: &str| crate::db::nars::Chunk {
+                    blob: b.repeat(32),
+                    size: 1,
+                };
+                let nar = |h: &[u8], size: u64, blob: &str| crate::db::nars::NewNar {
+                    nar_hash: crate::nar::Sha256Hash::digest(h).to_string(),
+                    nar_size: 10,
+                    compression: "zstd".into(),
+                    file_hash: crate::nar::Sha256Hash::digest(&[h, b"f"].concat()).to_string(),
+                    file_size: size,
+                    chunks: vec![chunk(blob)],
+                };
+                let (n1, _) = crate::db::nars::insert(tx, &nar(b"1", 100, "ab"))?;
+                let (n2, _) = crate::db::nars::insert(tx, &nar(b"2", 50, "cd"))?;
+                let h = |c: char| c.to_string().repeat(32);
+                crate::db::nars::insert_path(tx, a.id, &h('x'), "/nix/store/x", n1.id, "ni")?;
+                crate::db::nars::insert_path(tx, a.id, &h('y'), "/nix/store/y", n2.id, "ni")?;
+                crate::db::nars::delete_path(tx, a.id, &h('x'))?;
+                sizes(tx)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stats,
+            [("a".to_owned(), 50, 1), ("b".to_owned(), 0, 0)],
+            "one path of 50 bytes left in a, nothing in b"
+        );
     }
 }

@@ -56,6 +56,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_upload_owners",
         include_str!("../../schema/0006_upload_owners.sql"),
     ),
+    (
+        "0007_cache_stats",
+        include_str!("../../schema/0007_cache_stats.sql"),
+    ),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

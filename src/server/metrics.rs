@@ -8,8 +8,9 @@
 //! Counters live in memory ([`Metrics`]) and are bumped by a middleware
 //! (requests by route pattern and status, bytes in and out), by the part
 //! handler and by the garbage collector; `ferry_db_busy_total` is the
-//! database layer's process-wide count of lock waits; gauges (uploads by
-//! state, store size per cache) are read from SQLite when scraped.
+//! database layer's process-wide count of lock waits; gauges are read
+//! when scraped, cheaply: uploads by state from a small table, paths and
+//! bytes per cache from `cache_stats`, which triggers keep up to date.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
