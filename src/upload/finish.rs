@@ -83,13 +83,24 @@ impl Engine {
             || s.verifier.is_none()
             || matches!((&s.verifier, until), (Some(v), Some(u)) if v.next > u + 1);
         let verifier = if needs_reset {
-            s.stale = false;
-            s.failed = None;
-            s.verdict_at = None;
             let row = self.get(id).await?;
             if row.compression == super::BUCKET {
                 return Ok(());
             }
+            // A place in the budget of live verifiers. Without one, a part
+            // waits on disk; `complete` (`until`) folds anyway: it ends in
+            // a verdict soon and lets go, and idle uploads holding every
+            // place must not starve it.
+            if s.permit.is_none() {
+                match self.verifiers.clone().try_acquire_owned() {
+                    Ok(p) => s.permit = Some(p),
+                    Err(_) if until.is_none() => return Ok(()),
+                    Err(_) => {}
+                }
+            }
+            s.stale = false;
+            s.failed = None;
+            s.verdict_at = None;
             let compression = Compression::parse(&row.compression).unwrap_or(Compression::Zstd);
             // A file of its own per verifier: a reset never truncates a
             // file an earlier verifier wrote.
@@ -147,6 +158,7 @@ impl Engine {
         .await
         .map_err(Error::internal)?;
         self.stats.verified(bytes, started.elapsed());
+        s.touched = std::time::Instant::now();
         match folded {
             Folded::Done => s.verifier = Some(verifier),
             Folded::Failed(e, n) => {
@@ -154,6 +166,8 @@ impl Engine {
                     s.verdict_at = Some(n);
                 }
                 s.failed = Some(e);
+                // The verifier is gone: so is its place in the budget.
+                s.permit = None;
             }
             Folded::Lost(part) => {
                 tracing::warn!(
@@ -171,6 +185,7 @@ impl Engine {
                 }
                 // Fold again from part 1 once the part is back.
                 s.stale = true;
+                s.permit = None;
                 s.failed = Some(Error::MissingParts {
                     missing: vec![part.n],
                 });

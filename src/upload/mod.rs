@@ -41,6 +41,12 @@ pub use verifier::Compression;
 /// The `compression` of a bucket upload (parts only, never verified).
 pub const BUCKET: &str = "bucket";
 
+/// Verifiers alive at once, whatever the number of open uploads.
+pub const LIVE_VERIFIERS: usize = 32;
+
+/// An upload whose verifier has folded nothing for this long gives it up.
+pub const VERIFIER_IDLE: Duration = Duration::from_secs(30);
+
 /// Default `max-nar-size`: 256 GiB.
 pub const DEFAULT_MAX_NAR_SIZE: u64 = 256 << 30;
 /// Default `max-open-uploads-per-token`.
@@ -128,6 +134,10 @@ pub struct Status {
 /// Verifier state of one upload, kept between requests.
 struct Slot {
     verifier: Option<verifier::Verifier>,
+    /// The verifier's place in the engine's budget, held while it lives.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the verifier last folded a part.
+    touched: std::time::Instant,
     /// Part numbers recorded in the database.
     present: BTreeSet<u32>,
     /// Set by a part replacement: fold again from part 1.
@@ -179,6 +189,10 @@ pub struct Engine {
     finishing: Mutex<HashMap<String, tokio::sync::watch::Receiver<Finished>>>,
     /// tus PATCHes of one upload run one at a time.
     tus_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Live verifiers (each holds buffers, a thread and a zstd window):
+    /// at most [`LIVE_VERIFIERS`] at once. A part that finds no place is
+    /// folded later, by `complete`, which waits for one.
+    verifiers: Arc<tokio::sync::Semaphore>,
     /// Verification counters, for `/metrics`.
     pub stats: Stats,
 }
@@ -221,8 +235,41 @@ impl Engine {
             slots: Mutex::new(HashMap::new()),
             finishing: Mutex::new(HashMap::new()),
             tus_locks: Mutex::new(HashMap::new()),
+            verifiers: Arc::new(tokio::sync::Semaphore::new(LIVE_VERIFIERS)),
             stats: Stats::default(),
         }))
+        .inspect(|engine| engine.release_idle_verifiers())
+    }
+
+    /// Every few seconds, drops the verifiers of uploads idle for
+    /// [`VERIFIER_IDLE`]: their memory and thread go, and the next part or
+    /// `complete` rebuilds the verifier from the parts on disk. Stops when
+    /// the engine is dropped.
+    fn release_idle_verifiers(self: &Arc<Self>) {
+        let engine = Arc::downgrade(self);
+        self.rt.spawn(async move {
+            let mut tick = tokio::time::interval(VERIFIER_IDLE / 4);
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let slots: Vec<SlotRef> = match engine.slots.lock() {
+                    Ok(s) => s.values().cloned().collect(),
+                    Err(_) => return,
+                };
+                for slot in slots {
+                    // A slot busy folding is not idle.
+                    if let Ok(mut s) = slot.state.try_lock()
+                        && s.verifier.is_some()
+                        && s.touched.elapsed() >= VERIFIER_IDLE
+                    {
+                        s.verifier = None;
+                        s.permit = None;
+                    }
+                }
+            }
+        });
     }
 
     /// The engine's settings.
@@ -603,6 +650,8 @@ impl Engine {
             Arc::new(SlotCell {
                 state: tokio::sync::Mutex::new(Slot {
                     verifier: None,
+                    permit: None,
+                    touched: std::time::Instant::now(),
                     present: parts.iter().map(|p| p.n).collect(),
                     stale: false,
                     failed: None,

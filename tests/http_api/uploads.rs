@@ -640,3 +640,28 @@ fn one_token_may_hold_only_so_many_open_uploads() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(start(&pusher, "quota-again").status, 201);
 }
+
+#[test]
+fn more_open_uploads_than_live_verifiers_all_complete() {
+    // Each upload's first part is folded in the background while there is
+    // a place among the live verifiers; the rest wait on disk and are
+    // folded by `complete`.
+    let s = InProcess::start();
+    create_cache(&s, "c", false);
+    let n = ferry::upload::LIVE_VERIFIERS + 8;
+    let uploads: Vec<(Nar, String, Vec<Vec<u8>>)> = (0..n)
+        .map(|i| {
+            let nar = Nar::new(&format!("budget-{i}"), 50_000);
+            let id = start_upload(&s, "c", &nar, "zstd");
+            let pieces = split(&nar.zst(), 2);
+            put_part(&s, &id, 1, &pieces[0]);
+            (nar, id, pieces)
+        })
+        .collect();
+    for (nar, id, pieces) in &uploads {
+        put_part(&s, id, 2, &pieces[1]);
+        let r = complete(&s, id, 2);
+        assert_eq!(r.status, 200, "{}: {}", nar.path, r.text());
+        assert_eq!(narinfo_ok(&s, "c", &nar.path).nar_hash, nar.hash);
+    }
+}
