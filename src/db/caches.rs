@@ -248,27 +248,12 @@ mod tests {
         assert!(index.get("b").await.unwrap().is_some());
         assert!(index.get("a").await.unwrap().is_some());
     }
-}
-
-#[cfg(test)]
-mod stats_tests {
-    use super::*;
 
     #[tokio::test]
     async fn cache_stats_follow_paths_as_triggers_keep_them() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::Db::open(&dir.path().join("db")).unwrap();
-        let new = |name: &str| NewCache {
-            name: name.into(),
-            public: false,
-            priority: 41,
-            store_dir: "/nix/store".into(),
-            retention_secs: None,
-            signing_key: crate::nar::SigningKey::generate(&format!("{name}-1"))
-                .unwrap()
-                .to_nix_string(),
-            upstream_keys: vec![],
-        };
+        let new = new_cache;
         let (a, _) = (
             db.write(move |tx| insert(tx, &new("a"))).await.unwrap(),
             db.write(move |tx| insert(tx, &new("b"))).await.unwrap(),

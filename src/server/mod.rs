@@ -158,6 +158,14 @@ pub async fn run_metrics(
     .shutdown_timeout(1)
     .listen(listener)?
     .run();
+    until(server, shutdown).await
+}
+
+/// Runs `server` until it stops or `shutdown` resolves (then gracefully).
+async fn until(
+    server: actix_web::dev::Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown.await;
@@ -268,10 +276,5 @@ pub async fn run(
     .shutdown_timeout(5)
     .listen(listener)?
     .run();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.stop(true).await;
-    });
-    server.await
+    until(server, shutdown).await
 }
