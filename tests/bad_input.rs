@@ -728,6 +728,7 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("nar_size negative", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(-1)), 400, "bad_request"),
         row("nar_size above u64", "POST", uploads, &[admin, JSON], create_raw("nar_size", "18446744073709551616"), 400, "bad_request"),
         row("nar_size a 100 kB string", "POST", uploads, &[admin, JSON], create_with("nar_size", json!("9".repeat(100_000))), 400, "bad_request"),
+        row("nar_size over max-nar-size (1 TiB)", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(1u64 << 40)), 413, "nar_too_large"),
         row("nar_size fractional", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(1.5)), 400, "bad_request"),
         row("nar_hash garbage", "POST", uploads, &[admin, JSON], create_with("nar_hash", json!("sha256:not-a-hash")), 400, "invalid_format"),
         row("nar_hash md5", "POST", uploads, &[admin, JSON], create_with("nar_hash", json!("md5:d41d8cd98f00b204e9800998ecf8427e")), 400, "invalid_format"),

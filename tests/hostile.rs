@@ -299,3 +299,87 @@ fn hostile_clients_stay_bounded_while_an_honest_push_publishes() {
         200
     );
 }
+
+/// Threads of process `pid` named `name` (a verifier's second stage is a
+/// thread called `ferry-verify`).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| t.ok())
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_uploads_give_their_verifiers_back_and_still_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), free_port());
+    let admin = server.admin_token.clone().expect("admin token");
+    let target = Target {
+        url: server.url.clone(),
+        addr: String::new(),
+    };
+    let r = target.call(
+        "POST",
+        "/_api/v1/caches",
+        &admin,
+        Body::Bytes(br#"{"name":"c"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 201);
+    let mut open = vec![];
+    for i in 0..10 {
+        let nar = Nar::new(&format!("idle-{i}"), 200_000);
+        let wire = zstd::encode_all(&nar.bytes[..], 3).unwrap();
+        let (a, b) = wire.split_at(wire.len() / 2);
+        let id = target.create(&admin, &nar, nar.bytes.len()).unwrap();
+        let r = target.call(
+            "PUT",
+            &format!("/_api/v1/uploads/{id}/parts/1"),
+            &admin,
+            Body::Bytes(a.to_vec()),
+        );
+        assert_eq!(r.status, 200);
+        open.push((nar, id, b.to_vec()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads_named(server.pid(), "ferry-verify") < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        threads_named(server.pid(), "ferry-verify"),
+        10,
+        "a verifier per upload"
+    );
+    // Idle past the limit (30 s): the verifiers go.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while threads_named(server.pid(), "ferry-verify") > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        threads_named(server.pid(), "ferry-verify"),
+        0,
+        "idle verifiers stayed"
+    );
+    // And the uploads still complete, rebuilt from their parts on disk.
+    for (nar, id, rest) in open {
+        let r = target.call(
+            "PUT",
+            &format!("/_api/v1/uploads/{id}/parts/2"),
+            &admin,
+            Body::Bytes(rest),
+        );
+        assert_eq!(r.status, 200);
+        let r = target.call(
+            "POST",
+            &format!("/_api/v1/uploads/{id}/complete"),
+            &admin,
+            Body::Bytes(br#"{"parts":2}"#.to_vec()),
+        );
+        assert_eq!(r.status, 200, "{}: {}", nar.path, r.text());
+    }
+}
