@@ -74,6 +74,28 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl Config {
+    /// The limits a public-facing server relies on, one `key = value` line
+    /// each, as `--check-config` lists them.
+    pub fn limits(&self) -> String {
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "(none)".to_owned());
+        format!(
+            "limits:\n  max-part-size = {}\n  max-nar-size = {}\n  \
+             max-open-uploads-per-token = {}\n  upload-expiry-secs = {}\n  \
+             tus-max-size = {}\n  allowed-hosts = {:?}\n  trusted-proxies = {:?}\n  \
+             metrics-listen = {}\n",
+            self.max_part_size,
+            self.max_nar_size,
+            self.max_open_uploads_per_token,
+            self.upload_expiry_secs,
+            self.tus_max_size,
+            self.allowed_hosts,
+            self.trusted_proxies,
+            or_none(self.metrics_listen.map(|a| a.to_string())),
+        )
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

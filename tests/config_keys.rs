@@ -129,4 +129,23 @@ fn check_config_names_the_offending_key() {
     assert!(!ok && msg.contains("max-part-size"), "{msg}");
     let (ok, msg) = check_config("max-part-size = 67108864\n");
     assert!(ok, "{msg}");
+    let (ok, msg) = check_config("trusted-proxies = [\"not-an-ip\"]\n");
+    assert!(!ok && msg.contains("trusted-proxies"), "{msg}");
+    let (ok, msg) = check_config("max-nar-size = 0\n");
+    assert!(!ok && msg.contains("max-nar-size"), "{msg}");
+}
+
+#[test]
+fn check_config_lists_the_limits() {
+    let (ok, msg) =
+        check_config("max-open-uploads-per-token = 7\nmetrics-listen = \"127.0.0.1:9100\"\n");
+    assert!(ok, "{msg}");
+    for line in [
+        "max-nar-size = 274877906944",
+        "max-open-uploads-per-token = 7",
+        "metrics-listen = 127.0.0.1:9100",
+        "trusted-proxies = []",
+    ] {
+        assert!(msg.contains(line), "{line} not in:\n{msg}");
+    }
 }

@@ -57,6 +57,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     if args.check_config {
         println!("configuration is valid");
+        print!("{}", cfg.limits());
         return Ok(());
     }
     init_tracing(&cfg.log_format);
