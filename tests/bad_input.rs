@@ -54,6 +54,8 @@ const JSON: &str = "Content-Type: application/json";
 const OFFSET_TYPE: &str = "Content-Type: application/offset+octet-stream";
 const TUS: &str = "Tus-Resumable: 1.0.0";
 const TEN_MIN: Duration = Duration::from_secs(600);
+/// `max-open-uploads-per-token` of the table's server.
+const QUOTA: u64 = 40;
 
 /// How a row's request travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -516,6 +518,8 @@ struct Fixture {
     admin: String,
     pull_only: String,
     other_cache: String,
+    /// A token holding `QUOTA` open uploads already.
+    quota_full: String,
     expired: String,
     revoked: String,
     foreign: String,
@@ -572,6 +576,7 @@ fn setup() -> (InProcess, Fixture) {
     let s = InProcess::start_with(|c| {
         c.max_part_size = MAX_PART;
         c.tus_max_size = TUS_MAX;
+        c.max_open_uploads_per_token = QUOTA;
     });
     for name in ["c", "other"] {
         let body = json!({"name": name, "public": false});
@@ -618,8 +623,21 @@ fn setup() -> (InProcess, Fixture) {
     for f in [&nix_size, &nix_hash, &nix_narhash] {
         stage(&s, f);
     }
+    // A token that already holds every upload it may open.
+    let quota_full = s.mint(&push_c, TEN_MIN);
+    for i in 0..QUOTA {
+        let nar = Nar::new(&format!("bad-input-quota-{i}"), 100);
+        let r = http_request(
+            "POST",
+            &format!("{}/_api/v1/caches/c/uploads", s.url),
+            &[&bearer(&quota_full)],
+            Body::Bytes(nar.create_body().to_string().into_bytes()),
+        );
+        assert_eq!(r.status, 201, "setup: quota upload {i}: {}", r.text());
+    }
     let f = Fixture {
         admin: bearer(&s.admin_token),
+        quota_full: bearer(&quota_full),
         pull_only: bearer(&s.mint(&[(Operation::Pull, "c")], TEN_MIN)),
         other_cache: bearer(&s.mint(
             &[(Operation::Pull, "other"), (Operation::Push, "other")],
@@ -728,6 +746,7 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("nar_size negative", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(-1)), 400, "bad_request"),
         row("nar_size above u64", "POST", uploads, &[admin, JSON], create_raw("nar_size", "18446744073709551616"), 400, "bad_request"),
         row("nar_size a 100 kB string", "POST", uploads, &[admin, JSON], create_with("nar_size", json!("9".repeat(100_000))), 400, "bad_request"),
+        row("a token with every upload it may open", "POST", uploads, &[&f.quota_full, JSON], j(f.open.create_body()), 429, "too_many_uploads"),
         row("nar_size over max-nar-size (1 TiB)", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(1u64 << 40)), 413, "nar_too_large"),
         row("nar_size fractional", "POST", uploads, &[admin, JSON], create_with("nar_size", json!(1.5)), 400, "bad_request"),
         row("nar_hash garbage", "POST", uploads, &[admin, JSON], create_with("nar_hash", json!("sha256:not-a-hash")), 400, "invalid_format"),
