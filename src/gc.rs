@@ -215,7 +215,15 @@ pub async fn run_periodic(collector: Arc<Collector>, interval: Duration, flush_e
     loop {
         tokio::select! {
             _ = gc.tick() => match collector.run().await {
-                Ok(r) => tracing::info!(?r, "garbage collection done"),
+                Ok(r) => tracing::info!(
+                    paths_expired = r.paths_expired,
+                    uploads_removed = r.uploads_removed,
+                    nars_removed = r.nars_removed,
+                    blobs_removed = r.blobs_removed,
+                    bytes_freed = r.bytes_freed,
+                    leftovers_removed = r.leftovers_removed,
+                    "garbage collection done"
+                ),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             },
             _ = flush.tick() => {

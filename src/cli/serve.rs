@@ -12,8 +12,11 @@ use super::{ServeArgs, ServerLocation};
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never in a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
@@ -127,9 +130,13 @@ fn print_first_start(cfg: &Config, addr: SocketAddr, token: &str) {
          Admin token (shown once; every right on every cache, valid 1 year):\n\
          \n    {token}\n\
          \n\
-         Next:\n\
-         \n    export FERRY_TOKEN='{token}'\n\
-         \n    curl -H \"Authorization: Bearer $FERRY_TOKEN\" -d '{{\"name\":\"main\",\"public\":false}}' http://{addr}/_api/v1/caches\n\
+         Next, with ferry's own client:\n\
+         \n    ferry login home http://{addr} '{token}' --set-default\
+         \n    ferry cache create home:main\
+         \n    ferry push home:main ./result\
+         \n    ferry use home:main\n\
+         \n\
+         A narrower token for a laptop or a CI job:\n\
          \n    ferry token mint --data-dir {dir} --sub laptop --validity 1y --pull main --push main\n"
     );
 }
