@@ -21,6 +21,17 @@
           # and loopback servers; none of that exists in the build sandbox.
           # Run it with `bash .ci/run` instead.
           doCheck = false;
+          # Shell completions and the man page, generated from the clap
+          # definitions by the binary itself.
+          nativeBuildInputs = [ pkgs.installShellFiles ];
+          postInstall = lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
+            installShellCompletion --cmd ferry \
+              --bash <($out/bin/ferry completions bash) \
+              --zsh <($out/bin/ferry completions zsh) \
+              --fish <($out/bin/ferry completions fish)
+            $out/bin/ferry man > ferry.1
+            installManPage ferry.1
+          '';
           meta = {
             description = "Nix binary cache server that takes NARs in parts";
             mainProgram = "ferry";

@@ -47,3 +47,38 @@ fn first_start_hints_use_ferry_and_logs_to_a_file_have_no_colour() {
         "colour codes in a log file: {stderr:?}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for sub in ["serve", "push", "watch-store", "token"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH ferry 1"), "{man}");
+    assert!(
+        man.contains("watch\\-store") || man.contains("watch-store"),
+        "{man}"
+    );
+    // bash itself accepts the script.
+    let script = run(&["completions", "bash"]);
+    let status = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bash -n refused the completion script");
+}

@@ -31,6 +31,17 @@ enum Command {
     Token(token::TokenCommand),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `ferry man > ferry.1`.
+    Man,
+}
+
+/// The manual page of `ferry` (roff, with its subcommands listed) on stdout.
+fn man_pages() -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+    Ok(())
 }
 
 /// Where the server's configuration and data are.
@@ -76,6 +87,18 @@ pub fn main() -> ExitCode {
         Command::Gc(location) => serve::gc(location),
         Command::Token(cmd) => token::run(cmd),
         Command::Client(cmd) => client::run(cmd),
+        Command::Completions { shell } => {
+            // Written whole, so a closed pipe is an error, not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "ferry",
+                &mut script,
+            );
+            std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(Into::into)
+        }
+        Command::Man => man_pages(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
