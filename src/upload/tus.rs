@@ -116,11 +116,13 @@ fn new_upload(cache: &CacheRow, metadata: &str) -> Result<NewUpload> {
     }
     let compression = match m.get("compression").map(|c| c.as_str()) {
         None => Compression::None,
-        Some(c) => Compression::parse(c).ok_or_else(|| {
-            Error::BadRequest(format!(
-                "compression {c:?} is not supported: use \"none\" or \"zstd\""
-            ))
-        })?,
+        Some(c) => Compression::parse(c)
+            .filter(|c| *c != Compression::Xz)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "compression {c:?} is not supported: use \"none\" or \"zstd\""
+                ))
+            })?,
     };
     Ok(NewUpload {
         store_path: StorePath::parse(need("store_path")?, &cache.store_dir)?,

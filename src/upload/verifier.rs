@@ -45,6 +45,9 @@ const LISTING_ZSTD_LEVEL: i32 = 3;
 pub enum Compression {
     None,
     Zstd,
+    /// xz (Nix's default `compression` for `nix copy --to`): decoded,
+    /// checked, and stored as zstd like a plain NAR.
+    Xz,
 }
 
 impl Compression {
@@ -53,6 +56,7 @@ impl Compression {
         match s {
             "none" => Some(Compression::None),
             "zstd" => Some(Compression::Zstd),
+            "xz" => Some(Compression::Xz),
             _ => None,
         }
     }
@@ -61,6 +65,7 @@ impl Compression {
         match self {
             Compression::None => "none",
             Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
         }
     }
 }
@@ -252,6 +257,8 @@ impl Write for NarStage {
 enum Pipeline {
     /// zstd bytes in, NAR out.
     Zstd(zstd::stream::write::Decoder<'static, NarStage>),
+    /// xz bytes in, NAR out (the sink compresses it to zstd).
+    Xz(xz2::write::XzDecoder<NarStage>),
     /// NAR bytes in (the sink compresses them).
     Plain(NarStage),
 }
@@ -309,6 +316,18 @@ fn stage_error(stage: &mut NarStage, e: io::Error) -> Error {
     }
 }
 
+/// The error to report for a failed write into the xz decoder: the NAR
+/// check's own if it has one, else the stream is not valid xz.
+fn xz_error(stage: &mut NarStage, e: io::Error) -> Error {
+    match stage.close() {
+        Ok(sink) => sink
+            .error
+            .take()
+            .unwrap_or_else(|| Error::InvalidCompression(format!("xz: {e}"))),
+        Err(internal) => internal,
+    }
+}
+
 impl Verifier {
     /// A fresh verifier. For plain uploads `out_path` is where the
     /// compressed file is written (truncated if it exists).
@@ -334,7 +353,7 @@ impl Verifier {
                     .map_err(Error::internal)?;
                 (Pipeline::Zstd(dec), None)
             }
-            Compression::None => {
+            Compression::None | Compression::Xz => {
                 let file = FileSink {
                     out: BufWriter::with_capacity(1 << 20, File::create(out_path)?),
                     sha: Sha256::new(),
@@ -346,10 +365,12 @@ impl Verifier {
                 // then size buffers, and it costs nothing.
                 enc.set_pledged_src_size(Some(nar_size))?;
                 sink.encoder = Some(enc);
-                (
-                    Pipeline::Plain(NarStage::start(sink)?),
-                    Some(out_path.to_owned()),
-                )
+                let stage = NarStage::start(sink)?;
+                let pipeline = match compression {
+                    Compression::Xz => Pipeline::Xz(xz2::write::XzDecoder::new(stage)),
+                    _ => Pipeline::Plain(stage),
+                };
+                (pipeline, Some(out_path.to_owned()))
             }
         };
         Ok(Verifier {
@@ -395,6 +416,11 @@ impl Verifier {
                     return Err(stage_error(stage, e));
                 }
             }
+            Pipeline::Xz(dec) => {
+                if let Err(e) = dec.write_all(data) {
+                    return Err(xz_error(dec.get_mut(), e));
+                }
+            }
         }
         Ok(())
     }
@@ -425,6 +451,11 @@ impl Verifier {
                 dec.into_inner()
             }
             Pipeline::Plain(stage) => stage,
+            Pipeline::Xz(mut dec) => match dec.finish() {
+                // A stream cut before its end is refused here.
+                Ok(stage) => stage,
+                Err(e) => return Err(xz_error(dec.get_mut(), e)),
+            },
         };
         let mut sink = stage.into_sink()?;
         if let Some(e) = sink.error.take() {
@@ -661,5 +692,38 @@ mod tests {
         // Level 19's window is within the limit.
         let zst = zstd::encode_all(&nar[..], 19).unwrap();
         assert!(verify(Compression::Zstd, nar.len() as u64, &zst, 65_536).is_ok());
+    }
+
+    #[test]
+    fn xz_is_decoded_checked_and_stored_as_zstd() {
+        let nar = nar(400_000);
+        let mut enc = xz2::write::XzEncoder::new(vec![], 6);
+        enc.write_all(&nar).unwrap();
+        let xz = enc.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.zst");
+        let mut v = Verifier::new(Compression::Xz, nar.len() as u64, &out, 3).unwrap();
+        for chunk in xz.chunks(10_000) {
+            v.fold(chunk).unwrap();
+        }
+        let verdict = v.finish().unwrap();
+        assert_eq!(verdict.nar_hash, Sha256Hash(Sha256::digest(&nar).into()));
+        let stored = std::fs::read(&out).unwrap();
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), nar);
+        // Cut before its end: refused.
+        let e = verify(
+            Compression::Xz,
+            nar.len() as u64,
+            &xz[..xz.len() - 8],
+            10_000,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
+        // Not xz at all.
+        let e = verify(Compression::Xz, nar.len() as u64, &nar, 10_000)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
     }
 }

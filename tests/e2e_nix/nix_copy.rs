@@ -52,3 +52,43 @@ fn nix_copy_to_with_netrc() {
         &built.paths,
     );
 }
+
+#[test]
+fn a_bare_nix_copy_to_with_nix_defaults_works() {
+    // No `?compression=`: Nix sends xz, its default.
+    let server = InProcess::start();
+    let key = create_cache(&server.url, &server.admin_token, "bare", false);
+    let push = server.mint(
+        &[(Operation::Pull, "bare"), (Operation::Push, "bare")],
+        Duration::from_secs(3600),
+    );
+    let built = common::build_closure(
+        &ClosureSpec::new("copy-bare")
+            .salt(&common::unique_salt())
+            .compressible("text", 300_000),
+    );
+    let (_d, push_netrc) = netrc(&push);
+    let url = format!("{}/bare", server.url);
+    if let Err(e) = common::nix_copy_to(&url, &[built.top.as_str()], Some(&push_netrc)) {
+        panic!("nix copy --to {url}: {e:?}");
+    }
+    for p in &built.paths {
+        let hash = &p.rsplit('/').next().unwrap()[..32];
+        let r = common::http_request(
+            "GET",
+            &format!("{}/bare/{hash}.narinfo", server.url),
+            &[&format!("Authorization: Bearer {push}")],
+            common::Body::None,
+        );
+        assert_eq!(r.status, 200, "narinfo of {p}: {}", r.text());
+        assert!(r.text().contains("Compression: zstd\n"), "{}", r.text());
+    }
+    let (_d2, pull_netrc) = netrc(&push);
+    copy_back_and_compare(
+        &format!("{}/bare", server.url),
+        &key,
+        Some(&pull_netrc),
+        &built.top,
+        &built.paths,
+    );
+}

@@ -149,13 +149,38 @@ fn narinfo_before_nar_is_400_nar_file_missing() {
 }
 
 #[test]
-fn narinfo_with_xz_compression_is_400() {
-    let (s, _, nar, file, mut info) = setup("nix-put-xz");
+fn narinfo_with_bzip2_compression_is_400() {
+    let (s, _, nar, file, mut info) = setup("nix-put-bzip2");
     put_nar(&s, &info, &file);
-    info.compression = "xz".into();
+    info.compression = "bzip2".into();
     let r = put_narinfo(&s, hash_part(&nar.path), &info);
     let body = expect_err(&s, &r, 400, "bad_request");
-    assert!(body["message"].as_str().unwrap().contains("xz"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("bzip2"),
+        "{body}"
+    );
+}
+
+#[test]
+fn an_xz_nar_is_verified_and_served_as_zstd() {
+    use std::io::Write as _;
+    let s = InProcess::start();
+    create_cache(&s, "c", false);
+    let nar = Nar::new("nix-put-xz", 20_000);
+    let mut enc = xz2::write::XzEncoder::new(vec![], 6);
+    enc.write_all(&nar.bytes).unwrap();
+    let file = enc.finish().unwrap();
+    let mut info = nix_narinfo(&nar, &file);
+    info.url = info.url.replace(".nar.zst", ".nar.xz");
+    info.compression = "xz".into();
+    put_nar(&s, &info, &file);
+    let r = put_narinfo(&s, hash_part(&nar.path), &info);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = narinfo_ok(&s, "c", &nar.path);
+    assert_eq!(served.compression, "zstd");
+    assert_eq!(served.nar_hash, nar.hash);
+    let body = get(&s, &format!("/c/{}", served.url), Some(&s.admin_token)).body;
+    assert_eq!(zstd::decode_all(&body[..]).unwrap(), nar.bytes);
 }
 
 #[test]

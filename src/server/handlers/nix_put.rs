@@ -48,12 +48,16 @@ pub async fn narinfo(
             info.store_path
         )));
     }
+    // xz is Nix's default for `nix copy --to`: it is decoded, checked and
+    // stored as zstd, so every reader sees the same narinfo whatever the
+    // pusher used.
     let compression = match info.compression.as_str() {
         "zstd" => Compression::Zstd,
         "none" => Compression::None,
+        "xz" => Compression::Xz,
         other => {
             return Err(Error::BadRequest(format!(
-                "compression {other:?} is not supported: push with ?compression=zstd (or none)"
+                "compression {other:?} is not supported: push with xz (Nix's default), zstd or none"
             )));
         }
     };

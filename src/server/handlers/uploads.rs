@@ -80,11 +80,14 @@ pub async fn create(
     }
     let compression = match body.compression.as_deref() {
         None => Compression::None,
-        Some(c) => Compression::parse(c).ok_or_else(|| {
-            Error::BadRequest(format!(
-                "compression {c:?} is not supported: use \"none\" or \"zstd\""
-            ))
-        })?,
+        // The parts API takes zstd or plain NARs (xz is for Nix's door).
+        Some(c) => Compression::parse(c)
+            .filter(|c| *c != Compression::Xz)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "compression {c:?} is not supported: use \"none\" or \"zstd\""
+                ))
+            })?,
     };
     for r in body.references.iter().chain(body.deriver.iter()) {
         StorePath::parse(r, &cache.store_dir)?;
