@@ -114,16 +114,7 @@ fn new_upload(cache: &CacheRow, metadata: &str) -> Result<NewUpload> {
     for r in references.iter().chain(m.get("deriver")) {
         StorePath::parse(r, &cache.store_dir)?;
     }
-    let compression = match m.get("compression").map(|c| c.as_str()) {
-        None => Compression::None,
-        Some(c) => Compression::parse(c)
-            .filter(|c| *c != Compression::Xz)
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "compression {c:?} is not supported: use \"none\" or \"zstd\""
-                ))
-            })?,
-    };
+    let compression = Compression::of_parts(m.get("compression").map(|c| c.as_str()))?;
     Ok(NewUpload {
         store_path: StorePath::parse(need("store_path")?, &cache.store_dir)?,
         nar_hash: Sha256Hash::parse(need("nar_hash")?)?,

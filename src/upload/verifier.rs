@@ -61,6 +61,21 @@ impl Compression {
         }
     }
 
+    /// The compression a parts or tus upload declares (`none`, the
+    /// default, or `zstd`; xz is only for Nix's own door).
+    pub fn of_parts(declared: Option<&str>) -> Result<Compression> {
+        match declared {
+            None => Ok(Compression::None),
+            Some(c) => Compression::parse(c)
+                .filter(|c| *c != Compression::Xz)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "compression {c:?} is not supported: use \"none\" or \"zstd\""
+                    ))
+                }),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::None => "none",

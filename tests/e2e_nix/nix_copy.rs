@@ -26,21 +26,7 @@ fn nix_copy_to_with_netrc() {
         panic!("nix copy --to {url}: {e:?}");
     }
     // Every path is now there and signed by the cache key.
-    for p in &built.paths {
-        let hash = &p.rsplit('/').next().unwrap()[..32];
-        let r = common::http_request(
-            "GET",
-            &format!("{}/cache/{hash}.narinfo", server.url),
-            &[&format!("Authorization: Bearer {push}")],
-            common::Body::None,
-        );
-        assert_eq!(r.status, 200, "narinfo of {p}: {}", r.text());
-        let text = r.text();
-        assert!(text.contains(&format!("StorePath: {p}\n")), "{text}");
-        assert!(text.contains("Compression: zstd\n"), "{text}");
-        let key_name = key.split(':').next().unwrap();
-        assert!(text.contains(&format!("Sig: {key_name}:")), "{text}");
-    }
+    assert_served_as_zstd(&format!("{}/cache", server.url), &push, &key, &built.paths);
 
     let pull = server.mint(&[(Operation::Pull, "cache")], Duration::from_secs(3600));
     let (_d2, pull_netrc) = netrc(&pull);
@@ -72,17 +58,7 @@ fn a_bare_nix_copy_to_with_nix_defaults_works() {
     if let Err(e) = common::nix_copy_to(&url, &[built.top.as_str()], Some(&push_netrc)) {
         panic!("nix copy --to {url}: {e:?}");
     }
-    for p in &built.paths {
-        let hash = &p.rsplit('/').next().unwrap()[..32];
-        let r = common::http_request(
-            "GET",
-            &format!("{}/bare/{hash}.narinfo", server.url),
-            &[&format!("Authorization: Bearer {push}")],
-            common::Body::None,
-        );
-        assert_eq!(r.status, 200, "narinfo of {p}: {}", r.text());
-        assert!(r.text().contains("Compression: zstd\n"), "{}", r.text());
-    }
+    assert_served_as_zstd(&format!("{}/bare", server.url), &push, &key, &built.paths);
     let (_d2, pull_netrc) = netrc(&push);
     copy_back_and_compare(
         &format!("{}/bare", server.url),
@@ -91,4 +67,24 @@ fn a_bare_nix_copy_to_with_nix_defaults_works() {
         &built.top,
         &built.paths,
     );
+}
+
+/// Every path of `paths` is served by the cache at `url` as zstd, signed
+/// with the cache's `key`.
+fn assert_served_as_zstd(url: &str, token: &str, key: &str, paths: &[String]) {
+    let key_name = key.split(':').next().unwrap();
+    for p in paths {
+        let hash = &p.rsplit('/').next().unwrap()[..32];
+        let r = common::http_request(
+            "GET",
+            &format!("{url}/{hash}.narinfo"),
+            &[&format!("Authorization: Bearer {token}")],
+            common::Body::None,
+        );
+        assert_eq!(r.status, 200, "narinfo of {p}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains(&format!("StorePath: {p}\n")), "{text}");
+        assert!(text.contains("Compression: zstd\n"), "{text}");
+        assert!(text.contains(&format!("Sig: {key_name}:")), "{text}");
+    }
 }

@@ -78,17 +78,7 @@ pub async fn create(
             limit: MAX_REFERENCES,
         });
     }
-    let compression = match body.compression.as_deref() {
-        None => Compression::None,
-        // The parts API takes zstd or plain NARs (xz is for Nix's door).
-        Some(c) => Compression::parse(c)
-            .filter(|c| *c != Compression::Xz)
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "compression {c:?} is not supported: use \"none\" or \"zstd\""
-                ))
-            })?,
-    };
+    let compression = Compression::of_parts(body.compression.as_deref())?;
     for r in body.references.iter().chain(body.deriver.iter()) {
         StorePath::parse(r, &cache.store_dir)?;
     }
