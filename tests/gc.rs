@@ -121,6 +121,55 @@ fn retention_expires_paths_and_frees_their_blobs() {
     );
 }
 
+/// The recorded last read of `hash_part` in the data dir's database.
+fn last_access(data: &Path, hash_part: &str) -> i64 {
+    let db = rusqlite::Connection::open(data.join("ferry.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.query_row(
+        "SELECT last_access FROM paths WHERE hash_part = ?1",
+        [hash_part],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Waits until the server has written a read of `hash_part` later than
+/// `before` (its flush runs every second; under load, later).
+fn wait_recorded(data: &Path, hash_part: &str, before: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = last_access(data, hash_part);
+        if t > before {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sleeps until the wall clock (whole seconds, as the database keeps
+/// them) is at least `t`.
+fn sleep_until(t: i64) {
+    while ferry::db::now() < t {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `ferry gc` until it expires a path (at most 20 s); its report.
+fn gc_until_expired(data: &Path) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = ferry_gc(data, "");
+        if report["paths_expired"] != 0 || std::time::Instant::now() > deadline {
+            return report;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A real server, on a data dir of its own, whose batched read times are
 /// written every second.
 fn flushing_server() -> (tempfile::TempDir, ServerProcess) {
@@ -148,7 +197,7 @@ fn a_read_over_http_keeps_a_path_past_its_retention() {
     let r = call(
         "POST",
         "/_api/v1/caches",
-        json(serde_json::json!({"name": "c", "retention": "3s"})),
+        json(serde_json::json!({"name": "c", "retention": "5s"})),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let bytes = nar("read");
@@ -172,19 +221,24 @@ fn a_read_over_http_keeps_a_path_past_its_retention() {
     );
     assert_eq!(done.status, 200, "{}", done.text());
     let narinfo = format!("/c/{hash}.narinfo");
-    std::thread::sleep(Duration::from_millis(2000));
+    let published = last_access(dir.path(), hash);
+    // A read 4 s after publishing, written by the server's own flush.
+    sleep_until(published + 4);
     assert_eq!(call("GET", &narinfo, Body::None).status, 200);
-    // The read is written by the server's own flush within a second; 3.6 s
-    // after publishing (past the retention), `ferry gc` keeps the path.
-    std::thread::sleep(Duration::from_millis(1600));
+    let read = wait_recorded(dir.path(), hash, published);
+    // Past the 5 s retention counted from the publish, within it counted
+    // from the read: `ferry gc` keeps the path.
+    sleep_until(published + 6);
+    assert!(
+        ferry::db::now() < read + 5,
+        "the machine is too slow for this test"
+    );
     let report = ferry_gc(dir.path(), "");
     assert_eq!(report["paths_expired"], 0, "{report}");
-    assert_eq!(call("GET", &narinfo, Body::None).status, 200);
-    // That read was the last: 3 s later the path goes. (The GET above was
-    // a read too, so wait past it.)
-    std::thread::sleep(Duration::from_millis(4200));
-    let report = ferry_gc(dir.path(), "");
+    // With no read since, it goes once the retention has passed.
+    let report = gc_until_expired(dir.path());
     assert_eq!(report["paths_expired"], 1, "{report}");
+    assert!(ferry::db::now() >= read + 5, "expired before its retention");
     assert_eq!(call("GET", &narinfo, Body::None).status, 404);
 }
 
@@ -372,7 +426,7 @@ fn after_gc_nix_substitutes_a_kept_path_with_its_whole_closure() {
     let token = server.admin_token.clone().expect("admin token");
     let client = FerryClient::new();
     client.ok(&["login", "home", &server.url, &token]);
-    let pubkey = public_key_of(&client.ok(&["cache", "create", "home:r", "--retention", "3s"]));
+    let pubkey = public_key_of(&client.ok(&["cache", "create", "home:r", "--retention", "5s"]));
     let closure = common::build_closure(
         &common::ClosureSpec::new("retained")
             .salt(&common::unique_salt())
@@ -380,11 +434,22 @@ fn after_gc_nix_substitutes_a_kept_path_with_its_whole_closure() {
             .compressible("leaf-b", 200_000),
     );
     client.ok(&["push", "home:r", &closure.top]);
-    std::thread::sleep(Duration::from_millis(2000));
+    let top_hash = &closure.top["/nix/store/".len().."/nix/store/".len() + 32];
+    let published = closure
+        .paths
+        .iter()
+        .map(|p| {
+            last_access(
+                dir.path(),
+                &p["/nix/store/".len().."/nix/store/".len() + 32],
+            )
+        })
+        .max()
+        .unwrap();
+    sleep_until(published + 4);
     // Only the top path is read within the retention (as a substituter
     // that has the leaves would).
     let auth = format!("Authorization: Bearer {token}");
-    let top_hash = &closure.top["/nix/store/".len().."/nix/store/".len() + 32];
     let r = http_request(
         "GET",
         &format!("{}/r/{top_hash}.narinfo", server.url),
@@ -392,7 +457,13 @@ fn after_gc_nix_substitutes_a_kept_path_with_its_whole_closure() {
         Body::None,
     );
     assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(2600));
+    let read = wait_recorded(dir.path(), top_hash, published);
+    // The leaves are past their retention; the top, read, is not.
+    sleep_until(published + 6);
+    assert!(
+        ferry::db::now() < read + 5,
+        "the machine is too slow for this test"
+    );
     let report = ferry_gc(dir.path(), "");
     assert_eq!(report["paths_expired"], 0, "the closure stays: {report}");
     let netrc_dir = tempfile::tempdir().unwrap();
