@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Body, HttpResponse, Nar, ServerProcess, free_port, http_request, try_http_request};
+use common::{Body, HttpResponse, Nar, ServerProcess, free_port, try_http_request};
 use ferry::nar::Sha256Hash;
 
 const PART: usize = 1 << 20;
@@ -355,7 +355,6 @@ fn every_crash_point_is_covered_here() {
     for point in ferry::crash::POINTS {
         assert!(src.contains(&format!("\"{point}\"")), "{point} has no test");
     }
-    let _ = http_request; // the harness's panicking form, unused here
 }
 
 /// Delayed restart: SIGKILL 0–100 ms after a `complete` request went out,

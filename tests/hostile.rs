@@ -291,6 +291,13 @@ fn hostile_clients_stay_bounded_while_an_honest_push_publishes() {
         "the bomb was not refused: {reports:?}"
     );
     assert!(
+        reports
+            .iter()
+            .filter(|r| r.starts_with("wide windows"))
+            .all(|r| r.contains("50 of 50")),
+        "a wide-window upload was not refused: {reports:?}"
+    );
+    assert!(
         peak_mib < RSS_BOUND_MIB,
         "server peak RSS {peak_mib} MiB is over {RSS_BOUND_MIB} MiB"
     );

@@ -520,11 +520,18 @@ fn fold_parts(
             inner: reader,
             hasher: blake3::Hasher::new(),
         };
-        if let Err(e) = verifier.fold(&mut hashing) {
-            return Folded::Failed(e, source.n);
+        let folded = verifier.fold(&mut hashing);
+        if folded.is_err() {
+            // Judge the part only if it still is the part acknowledged:
+            // hash what the verifier left unread before deciding.
+            let _ = std::io::copy(&mut hashing, &mut std::io::sink());
         }
         if hashing.hasher.finalize().to_hex().as_str() != source.blake3 {
+            // Bytes changed or cut on disk are a fault, never a verdict.
             return Folded::Lost(source);
+        }
+        if let Err(e) = folded {
+            return Folded::Failed(e, source.n);
         }
     }
     Folded::Done

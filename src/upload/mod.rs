@@ -411,14 +411,15 @@ impl Engine {
         let quota = self.cfg.max_open_uploads_per_token;
         self.db
             .write(move |tx| {
-                if let Some(owner) = &owner {
-                    if uploads::open_of_owner(tx, owner, db::now())? >= quota {
-                        return Err(Error::TooManyUploads { limit: quota });
-                    }
-                    uploads::insert(tx, &row)?;
-                    uploads::set_owner(tx, &row.id, owner)
-                } else {
-                    uploads::insert(tx, &row)
+                if let Some(owner) = &owner
+                    && uploads::open_of_owner(tx, owner, db::now())? >= quota
+                {
+                    return Err(Error::TooManyUploads { limit: quota });
+                }
+                uploads::insert(tx, &row)?;
+                match &owner {
+                    Some(owner) => uploads::set_owner(tx, &row.id, owner),
+                    None => Ok(()),
                 }
             })
             .await?;
@@ -696,28 +697,23 @@ fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()
 impl Engine {
     /// What an upload of `new` into `cache` must satisfy.
     fn check_new(&self, cache: &CacheRow, new: &NewUpload) -> Result<()> {
+        if new.store_path.store_dir() != cache.store_dir {
+            return Err(Error::BadRequest(format!(
+                "store_path {} is not in this cache's store dir {}",
+                new.store_path, cache.store_dir
+            )));
+        }
+        if new.nar_size == 0 {
+            return Err(Error::BadRequest("nar_size must be greater than 0".into()));
+        }
         if new.nar_size > self.cfg.max_nar_size {
             return Err(Error::NarTooLarge {
                 size: new.nar_size,
                 limit: self.cfg.max_nar_size,
             });
         }
-        check_new(cache, new)
+        check_meta(&new.meta)
     }
-}
-
-/// What an upload of `new` into `cache` must satisfy.
-fn check_new(cache: &CacheRow, new: &NewUpload) -> Result<()> {
-    if new.store_path.store_dir() != cache.store_dir {
-        return Err(Error::BadRequest(format!(
-            "store_path {} is not in this cache's store dir {}",
-            new.store_path, cache.store_dir
-        )));
-    }
-    if new.nar_size == 0 {
-        return Err(Error::BadRequest("nar_size must be greater than 0".into()));
-    }
-    check_meta(&new.meta)
 }
 
 /// Refuses declared fields that could not be written into a narinfo

@@ -312,34 +312,32 @@ pub struct Verifier {
     buf: Vec<u8>,
 }
 
-/// The error to report for a failed write into the pipeline: the NAR
-/// check's own if it has one, else the decoder's.
-fn stage_error(stage: &mut NarStage, e: io::Error) -> Error {
-    match stage.close() {
-        Ok(sink) => sink.error.take().unwrap_or_else(|| {
-            let what = e.to_string();
-            if what.contains("too much memory") {
-                Error::InvalidCompression(format!(
-                    "a frame asks for a window over {} MiB; compress with a level up to 19, without --long or --ultra",
-                    1u32 << (MAX_WINDOW_LOG - 20)
-                ))
-            } else {
-                Error::InvalidCompression(what)
-            }
-        }),
-        Err(internal) => internal,
-    }
-}
-
-/// The error to report for a failed write into the xz decoder: the NAR
-/// check's own if it has one, else the stream is not valid xz.
-fn xz_error(stage: &mut NarStage, e: io::Error) -> Error {
+/// The error to report for a failed write into (or end of) the pipeline:
+/// the NAR check's own if it has one, else the decoder's, in words that
+/// say what to do.
+fn stage_error(stage: &mut NarStage, e: io::Error, codec: Compression) -> Error {
     match stage.close() {
         Ok(sink) => sink
             .error
             .take()
-            .unwrap_or_else(|| Error::InvalidCompression(format!("xz: {e}"))),
+            .unwrap_or_else(|| Error::InvalidCompression(decoder_message(codec, &e))),
         Err(internal) => internal,
+    }
+}
+
+/// What a decoder's error means for the client.
+fn decoder_message(codec: Compression, e: &io::Error) -> String {
+    let what = e.to_string();
+    match codec {
+        Compression::Zstd if e.kind() == io::ErrorKind::UnexpectedEof => {
+            "the zstd stream ends inside a frame (its last block or checksum is missing)".into()
+        }
+        Compression::Zstd if what.contains("too much memory") => format!(
+            "a frame asks for a window over {} MiB; compress with a level up to 19, without --long or --ultra",
+            1u32 << (MAX_WINDOW_LOG - 20)
+        ),
+        Compression::Xz => format!("xz: {what}"),
+        _ => what,
     }
 }
 
@@ -423,17 +421,17 @@ impl Verifier {
         match &mut self.pipeline {
             Pipeline::Zstd(dec) => {
                 if let Err(e) = dec.write_all(data) {
-                    return Err(stage_error(dec.get_mut(), e));
+                    return Err(stage_error(dec.get_mut(), e, Compression::Zstd));
                 }
             }
             Pipeline::Plain(stage) => {
                 if let Err(e) = stage.write_all(data) {
-                    return Err(stage_error(stage, e));
+                    return Err(stage_error(stage, e, Compression::None));
                 }
             }
             Pipeline::Xz(dec) => {
                 if let Err(e) = dec.write_all(data) {
-                    return Err(xz_error(dec.get_mut(), e));
+                    return Err(stage_error(dec.get_mut(), e, Compression::Xz));
                 }
             }
         }
@@ -450,18 +448,7 @@ impl Verifier {
                 // frame (no last block, or no checksum): every NAR byte
                 // may be there, but the stored file would be broken.
                 if let Err(e) = dec.do_finish() {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        let stage = dec.get_mut();
-                        if let Ok(sink) = stage.close()
-                            && let Some(err) = sink.error.take()
-                        {
-                            return Err(err);
-                        }
-                        return Err(Error::InvalidCompression(
-                            "the zstd stream ends inside a frame (its last block or checksum is missing)".into(),
-                        ));
-                    }
-                    return Err(stage_error(dec.get_mut(), e));
+                    return Err(stage_error(dec.get_mut(), e, Compression::Zstd));
                 }
                 dec.into_inner()
             }
@@ -469,7 +456,7 @@ impl Verifier {
             Pipeline::Xz(mut dec) => match dec.finish() {
                 // A stream cut before its end is refused here.
                 Ok(stage) => stage,
-                Err(e) => return Err(xz_error(dec.get_mut(), e)),
+                Err(e) => return Err(stage_error(dec.get_mut(), e, Compression::Xz)),
             },
         };
         let mut sink = stage.into_sink()?;

@@ -266,3 +266,25 @@ fn two_uploads_of_one_path_completed_at_once_publish_exactly_one() {
     let bytes = zstd::decode_all(&nar.body[..]).unwrap();
     assert_eq!(bytes, winner.bytes);
 }
+
+#[test]
+fn a_part_whose_file_changed_on_disk_is_sent_again_not_judged() {
+    let s = server();
+    let nar = Nar::new("changed-on-disk", 200_000);
+    let pieces = split(&nar.zst(), 2);
+    let id = start_upload(&s, "c", &nar, "zstd");
+    // Part 2 first: nothing folds it until part 1 is there.
+    put_part(&s, &id, 2, &pieces[1]);
+    // The disk hands back other bytes than those acknowledged (not zstd).
+    let file = s.data_dir.path().join("uploads").join(&id).join("2.part");
+    std::fs::write(&file, vec![0x42; pieces[1].len()]).unwrap();
+    put_part(&s, &id, 1, &pieces[0]);
+    // Not a verdict on the client's bytes: the part is asked for again.
+    let r = complete(&s, &id, 2);
+    let body = expect_err(&s, &r, 422, "missing_parts");
+    assert_eq!(body["missing"], json!([2]), "{body}");
+    put_part(&s, &id, 2, &pieces[1]);
+    let r = complete(&s, &id, 2);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(narinfo_ok(&s, "c", &nar.path).nar_hash, nar.hash);
+}
