@@ -9,14 +9,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use ferry::api::CacheInfo;
-use ferry::client::config::{ClientConfig, Target, config_path, xdg_config_home};
+use ferry::client::config::{ClientConfig, Target, config_path};
 use ferry::client::http::Api;
-use ferry::client::nixconf::{self, UseSettings};
 use ferry::client::push::{PushOptions, push};
 use ferry::client::resume::StateFile;
 use ferry::client::watch::watch_store;
 
 mod cache;
+mod nix_use;
 
 #[derive(Subcommand)]
 pub enum ClientCommand {
@@ -27,8 +27,9 @@ pub enum ClientCommand {
     Cache(cache::CacheCommand),
     /// Push store paths (with their closure) to NAME:CACHE.
     Push(PushArgs),
-    /// Make Nix use NAME:CACHE: nix.conf block + netrc line (offline).
-    Use(UseArgs),
+    /// Make Nix use NAME:CACHE: nix.conf block + netrc line (offline), in
+    /// your config, the system's (--system) or as NixOS lines (--nixos).
+    Use(nix_use::UseArgs),
     /// Push every new store path as it appears.
     WatchStore(WatchArgs),
 }
@@ -76,21 +77,6 @@ pub struct PushArgs {
 }
 
 #[derive(Args)]
-pub struct UseArgs {
-    /// NAME:CACHE (or CACHE on the default server).
-    target: String,
-    /// nix.conf to edit (default: $XDG_CONFIG_HOME/nix/nix.conf).
-    #[arg(long)]
-    nix_conf: Option<PathBuf>,
-    /// netrc file to edit (default: netrc beside the nix.conf).
-    #[arg(long)]
-    netrc: Option<PathBuf>,
-    /// Print the nix.conf block instead of writing any file.
-    #[arg(long)]
-    print: bool,
-}
-
-#[derive(Args)]
 pub struct WatchArgs {
     /// NAME:CACHE (or CACHE on the default server).
     target: String,
@@ -111,7 +97,7 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<()> {
     init_tracing();
     match cmd {
         ClientCommand::Login(a) => login(a),
-        ClientCommand::Use(a) => use_cache(a),
+        ClientCommand::Use(a) => nix_use::run(a),
         ClientCommand::Cache(c) => runtime()?.block_on(cache::run(c)),
         ClientCommand::Push(a) => runtime()?.block_on(push_cmd(a)),
         ClientCommand::WatchStore(a) => runtime()?.block_on(watch(a)),
@@ -256,55 +242,6 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     };
     let interval = Duration::from_secs(a.interval.max(1));
     Ok(watch_store(&api, &l.target.cache, &info, &state_path, interval, &opts).await?)
-}
-
-fn use_cache(a: UseArgs) -> anyhow::Result<()> {
-    let l = Loaded::new(&a.target)?;
-    let server = l.config.server(&l.target.server)?;
-    let Some(cached) = server.caches.get(&l.target.cache) else {
-        bail!(
-            "no saved settings for {0}:{1}: run `ferry cache info {0}:{1}` once (online) first",
-            l.target.server,
-            l.target.cache
-        );
-    };
-    let nix_conf = match a.nix_conf {
-        Some(p) => p,
-        None => xdg_config_home()?.join("nix").join("nix.conf"),
-    };
-    let netrc = match a.netrc {
-        Some(p) => p,
-        None => nix_conf
-            .parent()
-            .map(|d| d.join("netrc"))
-            .unwrap_or_else(|| PathBuf::from("netrc")),
-    };
-    let netrc = std::path::absolute(&netrc)
-        .with_context(|| format!("cannot resolve {}", netrc.display()))?;
-    let settings = UseSettings {
-        marker: format!("{}:{}", l.target.server, l.target.cache),
-        substituter: format!("{}/{}", server.url, l.target.cache),
-        cache: cached.clone(),
-        netrc_file: netrc.clone(),
-    };
-    let block = settings.block();
-    if a.print {
-        print!("{block}");
-        return Ok(());
-    }
-    let conf = nixconf::rewrite_nix_conf(
-        &nixconf::read_or_empty(&nix_conf)?,
-        &settings.marker,
-        &block,
-    )?;
-    let wrote_conf = nixconf::write_if_changed(&nix_conf, &conf, 0o644)?;
-    let host = nixconf::host_of(&server.url)?;
-    let net = nixconf::rewrite_netrc(&nixconf::read_or_empty(&netrc)?, &host, &server.token);
-    let wrote_netrc = nixconf::write_if_changed(&netrc, &net, 0o600)?;
-    let said = |w: bool| if w { "updated" } else { "unchanged" };
-    eprintln!("{} {}", said(wrote_conf), nix_conf.display());
-    eprintln!("{} {}", said(wrote_netrc), netrc.display());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,13 +6,15 @@
 //! from `nix path-info`, topological order), [`parts`] (splitting a
 //! compressed NAR stream into exact-size parts), [`resume`] (the state file
 //! that lets a killed push carry on), [`push`] (the engine), [`progress`]
-//! (indicatif bars), [`nixconf`] (`ferry use`: nix.conf block and netrc)
+//! (indicatif bars), [`nixconf`] (`ferry use`: nix.conf block and netrc),
+//! [`nixenv`] (which Nix `ferry use` talks to: single-user or a daemon)
 //! and [`watch`] (`ferry watch-store`).
 
 pub mod backoff;
 pub mod config;
 pub mod http;
 pub mod nixconf;
+pub mod nixenv;
 pub mod parts;
 pub mod pathinfo;
 pub mod progress;

@@ -50,6 +50,49 @@ impl UseSettings {
             end = end_marker(&self.marker),
         )
     }
+
+    /// Lines for a NixOS `configuration.nix`: the daemon substitutes for
+    /// every user. A private cache also needs the token in a root-only
+    /// netrc outside the Nix store; `host` names its `machine`.
+    pub fn nixos_lines(&self, host: &str) -> String {
+        let mut s = format!(
+            "# ferry cache {marker}: add to configuration.nix, then run `nixos-rebuild switch`.\n\
+             nix.settings.substituters = [ \"{sub}\" ];\n\
+             nix.settings.trusted-public-keys = [ \"{key}\" ];\n",
+            marker = self.marker,
+            sub = self.substituter,
+            key = self.cache.public_key,
+        );
+        if !self.cache.public {
+            s.push_str(&format!(
+                "# A private cache: the daemon reads the token from a root-only netrc file,\n\
+                 # kept out of the Nix store (world-readable). Its one line:\n\
+                 #   machine {host} login token password <TOKEN>\n\
+                 # Write it by hand (mode 0600) or with agenix/sops-nix, or let ferry's NixOS\n\
+                 # module write it at boot from a token file: services.ferry.client (see the README).\n\
+                 nix.settings.netrc-file = \"/etc/nix/netrc\";\n"
+            ));
+        }
+        s
+    }
+
+    /// Lines for a home-manager configuration (when home-manager owns the
+    /// user's nix.conf).
+    pub fn home_manager_lines(&self) -> String {
+        format!(
+            "# ferry cache {marker}: add to your home-manager configuration, then run\n\
+             # `home-manager switch` (home-manager needs `nix.package` set to write nix.conf).\n\
+             nix.settings = {{\n\
+             \x20 extra-substituters = [ \"{sub}\" ];\n\
+             \x20 extra-trusted-public-keys = [ \"{key}\" ];\n\
+             \x20 netrc-file = \"{netrc}\";\n\
+             }};\n",
+            marker = self.marker,
+            sub = self.substituter,
+            key = self.cache.public_key,
+            netrc = self.netrc_file.display(),
+        )
+    }
 }
 
 fn begin_marker(marker: &str) -> String {
