@@ -41,10 +41,18 @@
         default = ferry;
       });
 
-      # The module, with `package` defaulting to this flake's build.
+      # The module (server: services.ferry; client: services.ferry.client),
+      # with `package` defaulting to this flake's build.
       nixosModules.default = { pkgs, ... }: {
         imports = [ ./deploy/nixos/module.nix ];
         services.ferry.package =
+          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      };
+
+      # The client for one user (programs.ferry), for home-manager.
+      homeManagerModules.default = { pkgs, ... }: {
+        imports = [ ./deploy/home-manager/module.nix ];
+        programs.ferry.package =
           lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
       };
 
@@ -74,6 +82,30 @@
               machine.wait_for_open_port(8080)
               machine.succeed("curl -sf http://127.0.0.1:8080/healthz")
               machine.succeed("journalctl -u ferry | grep -q 'Admin token'")
+            '';
+          };
+          # The client side: the system netrc from a token file, at boot.
+          nixos-client = pkgs.testers.runNixOSTest {
+            name = "ferry-client";
+            nodes.machine = { ... }: {
+              imports = [ self.nixosModules.default ];
+              services.ferry.client = {
+                enable = true;
+                servers.home = {
+                  url = "https://cache.example.org";
+                  # A test token only: a real one must never be in the store.
+                  tokenFile = "/etc/ferry-test-token";
+                  caches.main.publicKey = "main-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+                };
+              };
+              environment.etc."ferry-test-token".text = "test-token\n";
+            };
+            testScript = ''
+              machine.wait_for_unit("ferry-netrc.service")
+              machine.succeed("test \"$(stat -c %a /run/ferry-client/netrc)\" = 600")
+              machine.succeed("grep -qx 'machine cache.example.org login token password test-token' /run/ferry-client/netrc")
+              machine.succeed("grep -q '^netrc-file = /run/ferry-client/netrc' /etc/nix/nix.conf")
+              machine.succeed("grep -q '^substituters = .*https://cache.example.org/main' /etc/nix/nix.conf")
             '';
           };
         });

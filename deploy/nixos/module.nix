@@ -18,12 +18,41 @@
 #
 # The first start also prints an admin token to the journal
 # (`journalctl -u ferry`); prefer minting narrow tokens as above.
+#
+# The client side, `services.ferry.client`, is for machines that substitute
+# from a ferry server (the server's own machine or any other):
+#
+#   services.ferry.client = {
+#     enable = true;
+#     servers.home = {
+#       url = "https://cache.example.org";
+#       tokenFile = "/run/agenix/ferry-token";   # a string, never a ./path
+#       caches.main.publicKey = "main-1:...";   # `ferry cache info home:main` prints it
+#     };
+#   };
+#
+# It adds each cache to nix.settings.substituters and its key to
+# trusted-public-keys, and points nix.settings.netrc-file at `netrcFile`
+# (/run/ferry-client/netrc, not in the store), which the oneshot unit
+# ferry-netrc.service writes (0600, root) from the token files at boot,
+# before nix-daemon.service, with no network (PrivateNetwork). These are
+# the daemon's own settings, so they work for every user, trusted or not;
+# the home-manager module's user settings would not reach the daemon for an
+# untrusted user. Secrets from agenix or sops-nix are in place before the
+# unit runs (by default both install them during activation; with
+# sops-nix's systemd activation, add its unit to the unit's `after`). A
+# missing token file leaves its server out and fails the unit (`systemctl
+# status ferry-netrc`); the daemon starts anyway. After rotating a token in
+# place: `systemctl restart ferry-netrc` (the daemon rereads the netrc at
+# each download).
 { config, lib, pkgs, ... }:
 
 let
   inherit (lib) mkEnableOption mkIf mkOption types literalExpression;
 
   cfg = config.services.ferry;
+  ccfg = cfg.client;
+  ferryLib = import ../client-lib.nix;
   settingsFormat = pkgs.formats.toml { };
 
   # TOML has no null: an unset optional key is left out of the file.
@@ -32,6 +61,14 @@ let
 
   # "127.0.0.1:8080" or "[::]:8080" -> 8080
   port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
+
+  clientCaches = ferryLib.cacheList ccfg.servers;
+  netrcScript = pkgs.writeShellScript "ferry-netrc" (
+    ferryLib.netrcScript {
+      inherit (ccfg) servers netrcFile extraNetrcFiles;
+      failOnMissing = true;
+    }
+  );
 in
 {
   options.services.ferry = {
@@ -203,69 +240,145 @@ in
         };
       };
     };
-  };
 
-  config = mkIf cfg.enable {
-    # `ferry token mint --data-dir /var/lib/ferry ...` on the server.
-    environment.systemPackages = [ cfg.package ];
+    # The client side: this machine's Nix daemon substitutes from ferry
+    # caches. Independent of `enable` (the server).
+    client = {
+      enable = mkEnableOption "substituting from ferry caches: system substituters, keys and a netrc written from token files at boot";
 
-    # The same file at a fixed path, for `ferry gc --config /etc/ferry/ferry.toml`.
-    environment.etc."ferry/ferry.toml".source = configFile;
+      servers = mkOption {
+        type = types.attrsOf (ferryLib.serverType lib);
+        default = { };
+        description = ''
+          ferry servers by name, each with its URL, token file and caches.
+        '';
+        example = literalExpression ''
+          {
+            home = {
+              url = "https://cache.example.org";
+              tokenFile = config.age.secrets.ferry-token.path;
+              caches.main.publicKey = "main-1:/Bx+IrQQLUVKBA9f7Z98hbVC+/W0J7Lfvzq6H2nMRuc=";
+            };
+          }
+        '';
+      };
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall port;
+      netrcFile = mkOption {
+        type = types.str;
+        default = "/run/ferry-client/netrc";
+        description = ''
+          The netrc ferry-netrc.service writes at boot and nix.settings.netrc-file
+          names. The unit owns this file and rewrites it whole; put entries
+          for other hosts in `extraNetrcFiles` (Nix reads one netrc-file).
+        '';
+      };
 
-    # Mirrors deploy/ferry.service; see the comments there for each line.
-    systemd.services.ferry = {
-      description = "ferry Nix binary cache server";
-      after = [ "network-online.target" ];
-      wants = [ "network-online.target" ];
-      wantedBy = [ "multi-user.target" ];
-      restartTriggers = [ configFile ];
-      environment.FERRY_LOG = lib.mkDefault "info";
-
-      serviceConfig = {
-        Type = "exec";
-        ExecStartPre = "${cfg.package}/bin/ferry serve --config ${configFile} --check-config";
-        ExecStart = "${cfg.package}/bin/ferry serve --config ${configFile}";
-        KillSignal = "SIGINT";
-        TimeoutStopSec = "30s";
-        Restart = "on-failure";
-        RestartSec = "5s";
-
-        DynamicUser = true;
-        StateDirectory = "ferry";
-        StateDirectoryMode = "0700";
-        UMask = "0077";
-        LimitNOFILE = 65536;
-
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectHostname = true;
-        ProtectClock = true;
-
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        RestrictSUIDSGID = true;
-        RemoveIPC = true;
-
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        MemoryDenyWriteExecute = true;
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        SystemCallErrorNumber = "EPERM";
+      extraNetrcFiles = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/run/secrets/other-cache.netrc" ];
+        description = "netrc files appended as they are (other caches' credentials). Paths, as strings: never in the store.";
       };
     };
   };
+
+  config = lib.mkMerge [
+    (mkIf cfg.enable {
+      # `ferry token mint --data-dir /var/lib/ferry ...` on the server.
+      environment.systemPackages = [ cfg.package ];
+
+      # The same file at a fixed path, for `ferry gc --config /etc/ferry/ferry.toml`.
+      environment.etc."ferry/ferry.toml".source = configFile;
+
+      networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall port;
+
+      # Mirrors deploy/ferry.service; see the comments there for each line.
+      systemd.services.ferry = {
+        description = "ferry Nix binary cache server";
+        after = [ "network-online.target" ];
+        wants = [ "network-online.target" ];
+        wantedBy = [ "multi-user.target" ];
+        restartTriggers = [ configFile ];
+        environment.FERRY_LOG = lib.mkDefault "info";
+
+        serviceConfig = {
+          Type = "exec";
+          ExecStartPre = "${cfg.package}/bin/ferry serve --config ${configFile} --check-config";
+          ExecStart = "${cfg.package}/bin/ferry serve --config ${configFile}";
+          KillSignal = "SIGINT";
+          TimeoutStopSec = "30s";
+          Restart = "on-failure";
+          RestartSec = "5s";
+
+          DynamicUser = true;
+          StateDirectory = "ferry";
+          StateDirectoryMode = "0700";
+          UMask = "0077";
+          LimitNOFILE = 65536;
+
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          ProtectProc = "invisible";
+          ProcSubset = "pid";
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectHostname = true;
+          ProtectClock = true;
+
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = "";
+          AmbientCapabilities = "";
+          RestrictSUIDSGID = true;
+          RemoveIPC = true;
+
+          RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          MemoryDenyWriteExecute = true;
+          LockPersonality = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" "~@privileged" ];
+          SystemCallErrorNumber = "EPERM";
+        };
+      };
+    })
+
+    (mkIf ccfg.enable {
+      assertions = ferryLib.assertions {
+        prefix = "services.ferry.client";
+        inherit (ccfg) servers netrcFile extraNetrcFiles;
+      };
+
+      # The daemon's own settings: lists merge with the defaults
+      # (cache.nixos.org stays) and with other modules' entries.
+      nix.settings = {
+        substituters = map (c: c.substituter) clientCaches;
+        trusted-public-keys = lib.unique (map (c: c.publicKey) clientCaches);
+        netrc-file = ccfg.netrcFile;
+      };
+
+      systemd.services.ferry-netrc = {
+        description = "netrc for the Nix daemon's ferry caches, from token files";
+        wantedBy = [
+          "multi-user.target"
+          "nix-daemon.service"
+        ];
+        before = [ "nix-daemon.service" ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = netrcScript;
+          UMask = "0077";
+          # Offline by construction: it reads local files only.
+          PrivateNetwork = true;
+          NoNewPrivileges = true;
+          PrivateTmp = true;
+        };
+      };
+    })
+  ];
 }
