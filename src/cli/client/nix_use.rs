@@ -226,7 +226,7 @@ fn write_netrc(netrc: &Path, host: &str, server: &Server) -> anyhow::Result<bool
         );
     }
     let net = nixconf::rewrite_netrc(&nixconf::read_or_empty(netrc)?, host, &server.token);
-    Ok(nixconf::write_if_changed(netrc, &net, 0o600).map_err(permission_hint)?)
+    nixconf::write_if_changed(netrc, &net, 0o600).map_err(permission_hint)
 }
 
 fn permission_hint(e: ferry::client::ClientError) -> anyhow::Error {
