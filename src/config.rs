@@ -72,6 +72,82 @@ pub struct Config {
     /// only to a token with `admin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep blobs in an S3-compatible bucket instead of `DATA-DIR/blobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+/// The `[s3]` table: an S3-compatible bucket for blobs (Garage, R2, AWS,
+/// MinIO).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct S3Config {
+    /// The service URL (e.g. `http://127.0.0.1:3900` for Garage,
+    /// `https://ACCOUNT.r2.cloudflarestorage.com` for R2); unset: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// The region the signature names (Garage: "garage", R2: "auto").
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// A file holding the key id (for systemd credentials, secret stores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `http://endpoint/bucket/key` (true) or `http://bucket.endpoint/key`.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl S3Config {
+    /// (key id, secret): each from its key, else its `-file` key, else
+    /// `FERRY_S3_ACCESS_KEY_ID` / `FERRY_S3_SECRET_ACCESS_KEY`.
+    pub fn credentials(&self) -> anyhow::Result<(String, String)> {
+        let one = |value: &Option<String>, file: &Option<PathBuf>, key: &str, env: &str| {
+            if let Some(v) = value {
+                return Ok(v.trim().to_owned());
+            }
+            if let Some(f) = file {
+                let v = std::fs::read_to_string(f).map_err(|e| {
+                    anyhow::anyhow!("[s3] {key}-file: cannot read {}: {e}", f.display())
+                })?;
+                return Ok(v.trim().to_owned());
+            }
+            match std::env::var(env) {
+                Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+                _ => Err(anyhow::anyhow!(
+                    "[s3] needs {key} (or {key}-file, or the environment variable {env})"
+                )),
+            }
+        };
+        Ok((
+            one(
+                &self.access_key_id,
+                &self.access_key_id_file,
+                "access-key-id",
+                "FERRY_S3_ACCESS_KEY_ID",
+            )?,
+            one(
+                &self.secret_access_key,
+                &self.secret_access_key_file,
+                "secret-access-key",
+                "FERRY_S3_SECRET_ACCESS_KEY",
+            )?,
+        ))
+    }
 }
 
 impl Config {
@@ -118,6 +194,7 @@ impl Default for Config {
             public_url: None,
             log_format: "text".to_owned(),
             metrics_listen: None,
+            s3: None,
         }
     }
 }
@@ -134,6 +211,17 @@ impl Config {
 
     /// Checks limits; the message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.trim().is_empty() {
+                anyhow::bail!("[s3] bucket must not be empty");
+            }
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                anyhow::bail!("[s3] endpoint {e:?} must start with http:// or https://");
+            }
+            s3.credentials()?;
+        }
         if self.max_part_size == 0 {
             anyhow::bail!("max-part-size must be greater than 0");
         }

@@ -181,13 +181,7 @@ impl Collector {
         let live = self.db.call(|c| blobs::live(c)).await?;
         let store = self.store.clone();
         let missing: Vec<String> = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut out = vec![];
-            for id in live {
-                if !store.exists(&id)? {
-                    out.push(id);
-                }
-            }
-            Ok(out)
+            Ok(store.missing(live)?)
         })
         .await
         .map_err(Error::internal)??;

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::db::{Db, revocations};
 use crate::error::{Error, Result};
 use crate::server::AppState;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, S3Store, SharedStore};
 use crate::upload::{Engine, EngineConfig};
 
 /// Paths inside a data directory.
@@ -85,7 +85,14 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let dir = DataDir::new(&cfg.data_dir);
     let (root, created) = root_key(&dir)?;
     let db = Db::open(&dir.db()).map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;
-    let store = Arc::new(LocalStore::open(&dir.blobs()).context("cannot open blob store")?);
+    let store: SharedStore = match &cfg.s3 {
+        Some(s3) => {
+            let s = S3Store::open(s3)?;
+            s.check()?;
+            Arc::new(s)
+        }
+        None => Arc::new(LocalStore::open(&dir.blobs()).context("cannot open blob store")?),
+    };
     let engine = Engine::new(
         db.clone(),
         store.clone(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry::config::Config;
+use ferry::config::{Config, S3Config};
 
 fn read(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -20,6 +20,7 @@ fn struct_keys() -> BTreeSet<String> {
         default_retention: Some("6 months".into()),
         public_url: Some("https://cache.example.org".into()),
         metrics_listen: Some("127.0.0.1:9090".parse().unwrap()),
+        s3: Some(full_s3()),
         ..Config::default()
     };
     let text = toml::to_string(&c).expect("Config serializes to TOML");
@@ -30,6 +31,27 @@ fn struct_keys() -> BTreeSet<String> {
         "{keys:?}"
     );
     keys
+}
+
+/// An `[s3]` table with every key set.
+fn full_s3() -> S3Config {
+    S3Config {
+        endpoint: Some("http://127.0.0.1:3900".into()),
+        bucket: "ferry".into(),
+        region: "garage".into(),
+        access_key_id: Some("id".into()),
+        secret_access_key: Some("secret".into()),
+        access_key_id_file: Some("/run/id".into()),
+        secret_access_key_file: Some("/run/secret".into()),
+        path_style: true,
+    }
+}
+
+/// The keys of the `[s3]` table.
+fn s3_keys() -> BTreeSet<String> {
+    let text = toml::to_string(&full_s3()).expect("S3Config serializes");
+    let table: toml::Table = text.parse().unwrap();
+    table.keys().cloned().collect()
 }
 
 /// Option names in the module: lines of the form `"key" = mkOption {`.
@@ -72,19 +94,33 @@ fn example_config_parses_and_mentions_every_key() {
     let cfg: Config = toml::from_str(&text).expect("examples/ferry.toml parses as a Config");
     cfg.validate().expect("examples/ferry.toml validates");
 
-    // Keys set, plus keys shown commented out (`# key = value`).
+    // Keys set, plus keys shown commented out (`# key = value`); a
+    // (commented) `[s3]` header mentions `s3`, and the keys after it are
+    // that table's.
     let mut mentioned = BTreeSet::new();
+    let mut in_s3 = BTreeSet::new();
+    let mut table: Option<String> = None;
     for line in text.lines() {
         let line = line.trim_start().trim_start_matches('#').trim_start();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            mentioned.insert(name.to_owned());
+            table = Some(name.to_owned());
+            continue;
+        }
         if let Some((key, _)) = line.split_once(" = ")
             && !key.is_empty()
             && key
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            mentioned.insert(key.to_owned());
+            match table.as_deref() {
+                None => mentioned.insert(key.to_owned()),
+                Some("s3") => in_s3.insert(key.to_owned()),
+                Some(other) => panic!("examples/ferry.toml: unknown table [{other}]"),
+            };
         }
     }
+    assert_eq!(in_s3, s3_keys(), "examples/ferry.toml's [s3] keys");
     let want = struct_keys();
     let missing: Vec<_> = want.difference(&mentioned).collect();
     let extra: Vec<_> = mentioned.difference(&want).collect();

@@ -56,8 +56,20 @@ let
   settingsFormat = pkgs.formats.toml { };
 
   # TOML has no null: an unset optional key is left out of the file.
+  # The [s3] table, pointed at the credentials systemd hands the service.
+  credDir = "/run/credentials/ferry.service";
+  s3Settings =
+    if cfg.settings.s3 == null then null
+    else
+      lib.filterAttrs (_: v: v != null) cfg.settings.s3
+      // lib.optionalAttrs (cfg.s3Credentials.accessKeyIdFile != null) {
+        "access-key-id-file" = "${credDir}/s3-access-key-id";
+      }
+      // lib.optionalAttrs (cfg.s3Credentials.secretAccessKeyFile != null) {
+        "secret-access-key-file" = "${credDir}/s3-secret-access-key";
+      };
   configFile = settingsFormat.generate "ferry.toml"
-    (lib.filterAttrs (_: v: v != null) cfg.settings);
+    (lib.filterAttrs (_: v: v != null) (cfg.settings // { s3 = s3Settings; }));
 
   # "127.0.0.1:8080" or "[::]:8080" -> 8080
   port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
@@ -237,7 +249,57 @@ in
             example = "127.0.0.1:9090";
             description = "Address serving /metrics without a token (a Prometheus on the same host); null: none. The main listener serves /metrics to admin tokens only.";
           };
+
+          "s3" = mkOption {
+            type = types.nullOr (types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                endpoint = mkOption {
+                  type = types.nullOr types.str;
+                  default = null;
+                  example = "http://127.0.0.1:3900";
+                  description = "S3 service URL (Garage, R2, MinIO); null: AWS.";
+                };
+                bucket = mkOption {
+                  type = types.str;
+                  description = "The bucket blobs go to (objects `blobs/<blake3>`).";
+                };
+                region = mkOption {
+                  type = types.str;
+                  default = "us-east-1";
+                  description = "Region the signatures name (Garage: \"garage\", R2: \"auto\").";
+                };
+                path-style = mkOption {
+                  type = types.bool;
+                  default = true;
+                  description = "Path-style URLs (endpoint/bucket/key); false: virtual-hosted (bucket.endpoint/key).";
+                };
+              };
+            });
+            default = null;
+            description = ''
+              Keep blobs in an S3-compatible bucket instead of the data
+              directory. Credentials never go in here (this file is in the
+              Nix store): set `s3Credentials` to files that systemd hands to
+              the service (LoadCredential).
+            '';
+          };
         };
+      };
+    };
+
+    s3Credentials = {
+      accessKeyIdFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/ferry-s3-key-id";
+        description = "File holding the S3 access key id (read by systemd, passed as a credential; a string, so it is not copied into the store).";
+      };
+      secretAccessKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/ferry-s3-secret";
+        description = "File holding the S3 secret access key (as above).";
       };
     };
 
@@ -305,6 +367,13 @@ in
           Type = "exec";
           ExecStartPre = "${cfg.package}/bin/ferry serve --config ${configFile} --check-config";
           ExecStart = "${cfg.package}/bin/ferry serve --config ${configFile}";
+          # S3 credentials: files outside the store, read by systemd and
+          # exposed to the service only, at $CREDENTIALS_DIRECTORY
+          # (/run/credentials/ferry.service), where s3CredentialSettings
+          # points the config.
+          LoadCredential =
+            lib.optional (cfg.s3Credentials.accessKeyIdFile != null) "s3-access-key-id:${cfg.s3Credentials.accessKeyIdFile}"
+            ++ lib.optional (cfg.s3Credentials.secretAccessKeyFile != null) "s3-secret-access-key:${cfg.s3Credentials.secretAccessKeyFile}";
           KillSignal = "SIGINT";
           TimeoutStopSec = "30s";
           Restart = "on-failure";

@@ -5,11 +5,14 @@
 //! compressed it), each named by the blake3 of its bytes. The read path
 //! only ever sees "a list of blobs", so content-defined chunking can come
 //! later without touching it. Backends implement [`BlobStore`], a small
-//! blocking trait (callers run it on the blocking pool); [`LocalStore`] is
-//! the one that exists: files under a two-level fan-out directory, written
-//! to a temporary file, fsynced, renamed into place, parent dir fsynced.
+//! blocking trait (callers run it on the blocking pool). Two exist:
+//! [`LocalStore`] (the default): files under a two-level fan-out
+//! directory, written to a temporary file, fsynced, renamed into place,
+//! parent dir fsynced; and [`S3Store`]: objects in an S3-compatible bucket
+//! (the `[s3]` config table).
 
 pub mod local;
+pub mod s3;
 pub mod zstd_io;
 
 use std::io::{self, Read};
@@ -17,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use local::LocalStore;
+pub use s3::S3Store;
 
 /// A blob id: lowercase hex of the blake3 of the blob's bytes.
 pub type BlobId = String;
@@ -37,6 +41,16 @@ pub trait BlobStore: Send + Sync + 'static {
     fn list(&self) -> io::Result<Vec<BlobInfo>>;
     /// When a blob was last stored or re-stored; `None` if absent.
     fn modified(&self, id: &str) -> io::Result<Option<std::time::SystemTime>>;
+    /// Which of `ids` are absent (a backend may answer with one listing).
+    fn missing(&self, ids: Vec<String>) -> io::Result<Vec<String>> {
+        let mut out = vec![];
+        for id in ids {
+            if !self.exists(&id)? {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A stored blob as [`BlobStore::list`] reports it.
