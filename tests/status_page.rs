@@ -308,7 +308,8 @@ struct Driver {
     base: String,
     session: Option<String>,
     child: Child,
-    _profile: tempfile::TempDir,
+    /// Chromium's --user-data-dir, fresh for this run.
+    profile: tempfile::TempDir,
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -333,7 +334,7 @@ impl Driver {
             base: format!("http://127.0.0.1:{port}"),
             session: None,
             child,
-            _profile: profile,
+            profile,
         };
         wait_for("chromedriver to be ready", || {
             let r = common::try_http_request("GET", &format!("{}/status", d.base), &[], Body::None)
@@ -354,7 +355,7 @@ impl Driver {
         ]
         .map(String::from)
         .into_iter()
-        .chain([format!("--user-data-dir={}", d._profile.path().display())])
+        .chain([format!("--user-data-dir={}", d.profile.path().display())])
         .collect::<Vec<_>>();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
