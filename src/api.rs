@@ -169,6 +169,80 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `GET /_api/v1/status`: what the status page shows to this viewer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The server's version.
+    pub version: String,
+    /// Whether the answer used a token (it was valid).
+    pub token: bool,
+    /// Public caches, and the private ones the token has a right on.
+    pub caches: Vec<CacheStatus>,
+    /// Uploads open or verifying in caches the token may push to.
+    pub uploads: Vec<InFlightUpload>,
+    /// The last garbage collection; without a token, its time only.
+    pub last_gc: Option<GcStatus>,
+}
+
+/// A cache on the status page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheStatus {
+    pub name: String,
+    pub public: bool,
+    /// Store paths published.
+    pub paths: u64,
+    /// Compressed NAR bytes published (a NAR shared by caches counts in each).
+    pub nar_bytes: u64,
+    /// When the cache last published a path (Unix seconds).
+    pub last_push: Option<i64>,
+}
+
+/// An upload in flight on the status page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InFlightUpload {
+    pub id: String,
+    pub cache: String,
+    pub store_path: String,
+    /// `open` or `verifying`.
+    pub state: String,
+    /// `none` or `zstd`: what the parts carry.
+    pub compression: String,
+    /// The declared NarSize (uncompressed).
+    pub nar_size: u64,
+    /// Parts received, by number, each stored whole.
+    pub parts: Vec<PartStatus>,
+    pub parts_received: u32,
+    pub bytes_received: u64,
+    /// The parts count given to `complete`; `null` before.
+    pub parts_total: Option<u32>,
+    /// Bytes the parts will add up to when known (plain NARs): `nar_size`.
+    pub bytes_expected: Option<u64>,
+    pub created: i64,
+    pub expires_at: i64,
+}
+
+/// A received part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartStatus {
+    pub n: u32,
+    pub size: u64,
+}
+
+/// The last garbage collection run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// When it finished (Unix seconds).
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths_expired: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads_removed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
+}
+
 /// Parses a `Content-Digest` header value; picks the first algorithm we
 /// know (`sha-256` or `blake3`). `Ok(None)` when it names none of them.
 pub fn parse_content_digest(value: &str) -> Result<Option<ExpectedDigest>, String> {

@@ -17,7 +17,9 @@
 //!    The grace protects only files the database does not know yet.
 //!
 //! Every step works on the whole backlog in one pass: there is no batch
-//! size that could leave work behind.
+//! size that could leave work behind. A finished run is recorded in the
+//! database (`gc_last_run`, shown by the status page), whether the server
+//! or `ferry gc` ran it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,7 @@ pub struct Collector {
 impl Collector {
     /// One full run.
     pub async fn run(&self) -> Result<Report> {
+        let started_at = db::now();
         let mut report = Report::default();
         self.access.flush(&self.db).await?;
         report.paths_expired = self
@@ -112,6 +115,16 @@ impl Collector {
         report.leftovers_removed = self.sweep_unknown_blobs().await?
             + self.engine.sweep_unknown_dirs(self.grace).await? as u64;
         self.metrics.gc(bytes);
+        // For the status page; the run's work is done whether or not this
+        // row is written.
+        let run = db::gc::LastRun {
+            started_at,
+            finished_at: db::now(),
+            report: report.clone(),
+        };
+        if let Err(e) = self.db.write(move |tx| db::gc::record_run(tx, &run)).await {
+            tracing::warn!(error = %e, "recording the garbage collection run failed");
+        }
         Ok(report)
     }
 

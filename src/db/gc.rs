@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Result;
 
@@ -89,6 +89,61 @@ pub fn delete_unpublished_nars(conn: &Connection) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// The last finished run: when it started and ended, and what it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub report: crate::gc::Report,
+}
+
+/// Records a finished run, replacing the one before (for the status page).
+pub fn record_run(conn: &Connection, run: &LastRun) -> Result<()> {
+    let r = &run.report;
+    conn.execute(
+        "INSERT OR REPLACE INTO gc_last_run (id, started_at, finished_at, paths_expired,
+             uploads_removed, nars_removed, blobs_removed, bytes_freed, leftovers_removed)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            run.started_at,
+            run.finished_at,
+            r.paths_expired as i64,
+            r.uploads_removed as i64,
+            r.nars_removed as i64,
+            r.blobs_removed as i64,
+            r.bytes_freed as i64,
+            r.leftovers_removed as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// The last finished run, if any has been recorded.
+pub fn last_run(conn: &Connection) -> Result<Option<LastRun>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT started_at, finished_at, paths_expired, uploads_removed, nars_removed,
+             blobs_removed, bytes_freed, leftovers_removed FROM gc_last_run WHERE id = 1",
+    )?;
+    let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v as u64);
+    let run = stmt
+        .query_row([], |r| {
+            Ok(LastRun {
+                started_at: r.get(0)?,
+                finished_at: r.get(1)?,
+                report: crate::gc::Report {
+                    paths_expired: n(r, 2)?,
+                    uploads_removed: n(r, 3)?,
+                    nars_removed: n(r, 4)?,
+                    blobs_removed: n(r, 5)?,
+                    bytes_freed: n(r, 6)?,
+                    leftovers_removed: n(r, 7)?,
+                },
+            })
+        })
+        .optional()?;
+    Ok(run)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +162,30 @@ mod tests {
             ]
         );
         assert_eq!(references_of("References: \n").count(), 0);
+    }
+
+    #[test]
+    fn the_last_run_replaces_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("t.db")).unwrap();
+        db.call_blocking(|c| {
+            assert_eq!(last_run(c)?, None);
+            let mut run = LastRun {
+                started_at: 10,
+                finished_at: 12,
+                report: crate::gc::Report {
+                    bytes_freed: 5,
+                    ..Default::default()
+                },
+            };
+            record_run(c, &run)?;
+            assert_eq!(last_run(c)?.as_ref(), Some(&run));
+            run.started_at = 20;
+            run.report.paths_expired = 3;
+            record_run(c, &run)?;
+            assert_eq!(last_run(c)?, Some(run));
+            Ok(())
+        })
+        .unwrap();
     }
 }

@@ -27,6 +27,7 @@ pub mod gc;
 pub mod logs;
 pub mod nars;
 pub mod revocations;
+pub mod status;
 pub mod tus;
 pub mod uploads;
 
@@ -60,6 +61,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_cache_stats",
         include_str!("../../schema/0007_cache_stats.sql"),
     ),
+    ("0008_status", include_str!("../../schema/0008_status.sql")),
 ];
 
 /// How many connections the pool holds (readers and writers alike).

@@ -93,6 +93,30 @@ pub fn require_some(state: &AppState, req: &HttpRequest, op: Operation) -> Resul
     }
 }
 
+/// The request's token once checked (signature, revocation, expiry);
+/// `None` without one. For answers that depend on who asks but need no
+/// particular right (the status page).
+pub fn valid_token(state: &AppState, req: &HttpRequest) -> Result<Option<String>> {
+    let Some(token) = token_of(req) else {
+        return Ok(None);
+    };
+    let info = state.auth.inspect(&token).map_err(auth_error)?;
+    if info.expires_at <= std::time::SystemTime::now() {
+        return Err(Error::Auth(AuthError::Expired));
+    }
+    Ok(Some(token))
+}
+
+/// Whether `token` has any right on the cache `name` (attenuation
+/// included): a pull is allowed, or refused as forbidden because another
+/// right is there.
+pub fn has_any_right(state: &AppState, token: &str, name: &str) -> bool {
+    matches!(
+        state.auth.check(token, Operation::Pull, name),
+        Ok(()) | Err(AuthError::Forbidden { .. })
+    )
+}
+
 /// Who the request's token is, for per-token quotas: the revocation id
 /// of its authority block, shared by every token attenuated from it.
 pub fn owner_of(req: &HttpRequest) -> Option<String> {

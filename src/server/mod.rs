@@ -79,6 +79,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|e, _| Error::BadRequest(format!("the URL is invalid: {e}")).into()),
     )
+    .route("/", web::get().to(status::page))
     .route("/healthz", web::get().to(health::healthz))
     .route("/metrics", web::get().to(metrics::render_for_admin))
     .service(
@@ -105,6 +106,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::delete().to(caches::delete_path),
             )
             .route("/tokens/revoke", web::post().to(tokens::revoke))
+            .route("/status", web::get().to(status::status))
             .route("/caches/{cache}/missing", web::post().to(uploads::missing))
             .route("/caches/{cache}/uploads", web::post().to(uploads::create))
             .route("/caches/{cache}/uploads", web::get().to(uploads::list))

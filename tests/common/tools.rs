@@ -26,7 +26,7 @@ pub fn require_tool(name: &str) -> PathBuf {
         }
     }
     panic!(
-        "{name} is not installed: run .ci/run (it installs nix-bin, nginx-light, b3sum, zstd, curl)"
+        "{name} is not installed: run .ci/run (it installs nix-bin, nginx-light, b3sum, zstd, curl, chromium, chromium-driver)"
     );
 }
 

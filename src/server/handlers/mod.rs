@@ -7,6 +7,7 @@ pub mod logs;
 pub mod nar;
 pub mod nix_put;
 pub mod reads;
+pub mod status;
 pub mod tokens;
 pub mod tus;
 pub mod uploads;
