@@ -288,3 +288,81 @@ fn server_refuses_to_start_with_a_wrong_s3_secret() {
         "{err}"
     );
 }
+
+#[test]
+fn parts_are_preloaded_while_open_and_collected_when_abandoned() {
+    let g = start_garage();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {data:?}\norphan-grace-secs = 0\n\n[s3]\nendpoint = {:?}\nbucket = {:?}\n\
+             region = {:?}\naccess-key-id = {:?}\nsecret-access-key = {:?}\n",
+            g.endpoint, g.bucket, g.region, g.access_key_id, g.secret_access_key
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let server = ServerProcess::start_with(&data, free_port(), &[], &["--config", config_s]);
+    let auth = format!(
+        "Authorization: Bearer {}",
+        server.admin_token.clone().unwrap()
+    );
+    let api = |method: &str, path: &str, body: Body| {
+        http_request(method, &format!("{}{path}", server.url), &[&auth], body)
+    };
+    let r = api(
+        "POST",
+        "/_api/v1/caches",
+        Body::Bytes(br#"{"name":"main"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let nar = Nar::new("preload", 3_000_000);
+    let zst = zstd::encode_all(&nar.bytes[..], 3).unwrap();
+    let (a, b) = zst.split_at(zst.len() / 2);
+    let create = serde_json::json!({
+        "store_path": nar.path, "nar_hash": nar.hash.to_string(),
+        "nar_size": nar.bytes.len(), "compression": "zstd",
+    });
+    let r = api(
+        "POST",
+        "/_api/v1/caches/main/uploads",
+        Body::Bytes(create.to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let upload_url = r.json()["upload_url"].as_str().unwrap().to_owned();
+    for (n, bytes) in [(1, a), (2, b)] {
+        let r = api(
+            "PUT",
+            &format!("{upload_url}/parts/{n}"),
+            Body::Bytes(bytes.to_vec()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Before `complete`: both parts reach the bucket on their own.
+    let want: Vec<String> = [a, b]
+        .iter()
+        .map(|p| format!("blobs/{}", blake3::hash(p).to_hex()))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let have = bucket_blobs(&g);
+        if want.iter().all(|w| have.contains(w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "parts not preloaded: {have:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Abandoned: no row owns the copies, GC removes them (grace 0).
+    let r = api("DELETE", &upload_url, Body::None);
+    assert!(r.status < 300, "{}", r.text());
+    run_ok(Command::new(env!("CARGO_BIN_EXE_ferry")).args(["gc", "--config", config_s]));
+    let left = bucket_blobs(&g);
+    assert!(left.is_empty(), "preloaded objects left: {left:?}");
+}

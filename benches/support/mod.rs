@@ -31,6 +31,11 @@ impl Server {
     /// Starts the server, reads its first-start admin token and waits
     /// until it accepts connections.
     pub fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// [`Server::start`] with more `ferry serve` arguments (`--config F`).
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Server {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
@@ -40,6 +45,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(args)
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

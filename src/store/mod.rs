@@ -41,6 +41,20 @@ pub trait BlobStore: Send + Sync + 'static {
     fn list(&self) -> io::Result<Vec<BlobInfo>>;
     /// When a blob was last stored or re-stored; `None` if absent.
     fn modified(&self, id: &str) -> io::Result<Option<std::time::SystemTime>>;
+    /// Whether [`BlobStore::preload`] does anything (a remote store, where
+    /// copying a blob in while its upload is still open saves time at
+    /// publish).
+    fn preloads(&self) -> bool {
+        false
+    }
+    /// Copies `file` (whose blake3 is `id`) into the store, leaving the
+    /// file in place; [`BlobStore::adopt`] later finds the blob present.
+    /// No database row owns the copy yet: GC treats it as an unknown file
+    /// (removed after `orphan-grace-secs`), and adopt uploads again if it
+    /// went. A no-op where moving in is cheap.
+    fn preload(&self, _id: &str, _file: &Path) -> io::Result<()> {
+        Ok(())
+    }
     /// Which of `ids` are absent (a backend may answer with one listing).
     fn missing(&self, ids: Vec<String>) -> io::Result<Vec<String>> {
         let mut out = vec![];

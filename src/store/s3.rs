@@ -10,7 +10,9 @@
 //! Adopting a local file uploads it (one PUT up to [`MULTIPART_FROM`],
 //! a multipart upload in [`UPLOAD_CHUNK`] pieces above, never more than a
 //! few pieces in memory) and then removes the file: no second full local
-//! copy of a NAR is kept.
+//! copy of a NAR is kept. Parts of zstd uploads are preloaded as they
+//! arrive (see [`BlobStore::preload`]), so publishing mostly finds its
+//! objects already there.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -193,6 +195,22 @@ impl BlobStore for S3Store {
             Ok(())
         })?;
         std::fs::remove_file(file)
+    }
+
+    fn preloads(&self) -> bool {
+        true
+    }
+
+    fn preload(&self, id: &str, file: &Path) -> io::Result<()> {
+        let at = object(id)?;
+        let s3 = self.s3.clone();
+        let file = file.to_owned();
+        self.wait(async move {
+            if head(&s3, &at).await?.is_none() {
+                upload(&s3, &at, &file).await?;
+            }
+            Ok(())
+        })
     }
 
     fn open(&self, id: &str, offset: u64) -> io::Result<Box<dyn Read + Send>> {

@@ -58,6 +58,47 @@ struct Source {
     blake3: String,
 }
 
+/// Blobs moved into the store at once (uploads, for S3).
+const ADOPT_JOBS: usize = 4;
+
+/// Moves every source into the store, [`ADOPT_JOBS`] at a time; the first
+/// part (in order) whose file is gone and whose blob the store lacks is
+/// returned as lost.
+fn adopt_all(
+    store: &dyn crate::store::BlobStore,
+    sources: Vec<(Source, u64)>,
+) -> Result<Option<Source>> {
+    let adopt = |source: &Source| -> Result<bool> {
+        if source.path.exists() {
+            store.adopt(&source.blake3, &source.path)?;
+            Ok(true)
+        } else {
+            Ok(store.exists(&source.blake3)?)
+        }
+    };
+    let mut sources: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
+    let results: Vec<Result<bool>> = std::thread::scope(|scope| {
+        let chunk = sources.len().div_ceil(ADOPT_JOBS).max(1);
+        let handles: Vec<_> = sources
+            .chunks(chunk)
+            .map(|group| scope.spawn(move || group.iter().map(adopt).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err(Error::internal("adopt panicked"))])
+            })
+            .collect()
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        if !r? {
+            return Ok(Some(sources.swap_remove(i)));
+        }
+    }
+    Ok(None)
+}
+
 /// How a fold of several parts ended.
 enum Folded {
     Done,
@@ -435,18 +476,9 @@ impl Engine {
             crate::crash_point!("publish.after_claim");
             // 2. Move the files in.
             let store = self.store.clone();
-            let lost = tokio::task::spawn_blocking(move || -> Result<Option<Source>> {
-                for (source, _) in sources {
-                    if source.path.exists() {
-                        store.adopt(&source.blake3, &source.path)?;
-                    } else if !store.exists(&source.blake3)? {
-                        return Ok(Some(source));
-                    }
-                }
-                Ok(None)
-            })
-            .await
-            .map_err(Error::internal)??;
+            let lost = tokio::task::spawn_blocking(move || adopt_all(store.as_ref(), sources))
+                .await
+                .map_err(Error::internal)??;
             if let Some(part) = lost {
                 let (key, n, blake3) = (row.id.clone(), part.n, part.blake3.clone());
                 self.db

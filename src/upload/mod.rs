@@ -44,6 +44,9 @@ pub const BUCKET: &str = "bucket";
 /// Verifiers alive at once, whatever the number of open uploads.
 pub const LIVE_VERIFIERS: usize = 32;
 
+/// Part copies to a remote blob store in flight at once.
+pub const PRELOADS: usize = 4;
+
 /// An upload whose verifier has folded nothing for this long gives it up.
 pub const VERIFIER_IDLE: Duration = Duration::from_secs(30);
 
@@ -193,6 +196,8 @@ pub struct Engine {
     /// at most [`LIVE_VERIFIERS`] at once. A part that finds no place is
     /// folded later, by `complete`, which waits for one.
     verifiers: Arc<tokio::sync::Semaphore>,
+    /// Part copies to a remote blob store in flight (see `preload`).
+    preloads: tokio::sync::Semaphore,
     /// Verification counters, for `/metrics`.
     pub stats: Stats,
 }
@@ -236,6 +241,7 @@ impl Engine {
             finishing: Mutex::new(HashMap::new()),
             tus_locks: Mutex::new(HashMap::new()),
             verifiers: Arc::new(tokio::sync::Semaphore::new(LIVE_VERIFIERS)),
+            preloads: tokio::sync::Semaphore::new(PRELOADS),
             stats: Stats::default(),
         }))
         .inspect(|engine| engine.release_idle_verifiers())

@@ -408,6 +408,12 @@ impl Engine {
         drop(gate);
         let engine = self.clone();
         let id = id.to_owned();
+        if self.store.preloads() {
+            let (engine, id, blob) = (self.clone(), id.clone(), part.blake3.clone());
+            let file = self.part_path(&id, n);
+            self.rt
+                .spawn(async move { engine.preload(&id, file, blob).await });
+        }
         self.rt.spawn(async move {
             if let Err(e) = engine.advance(&id, None).await {
                 tracing::debug!(upload = %id, error = %e, "verifier stopped");
@@ -418,6 +424,25 @@ impl Engine {
 }
 
 impl Engine {
+    /// Copies a received part of a zstd upload into a remote blob store
+    /// while the upload is still open (parts of zstd uploads are its
+    /// blobs), [`super::PRELOADS`] at a time. Best effort: publish adopts (and
+    /// uploads) whatever is not there yet.
+    async fn preload(self: &Arc<Self>, id: &str, file: PathBuf, blob: String) {
+        let zstd = matches!(self.get(id).await, Ok(row) if row.compression == "zstd");
+        let Ok(_permit) = self.preloads.acquire().await else {
+            return;
+        };
+        if !zstd {
+            return;
+        }
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || store.preload(&blob, &file)).await;
+        if let Ok(Err(e)) = done {
+            tracing::debug!(upload = %id, error = %e, "preload failed; publish uploads it");
+        }
+    }
+
     /// Refuses part `n` when the verifier already found an earlier part
     /// wrong: nothing after it can change the verdict. Checked without
     /// waiting: while a fold runs, the part is taken.
