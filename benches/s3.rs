@@ -12,7 +12,6 @@
 //!
 //! Run: `cargo bench --bench s3`. Knob: `FERRY_BENCH_S3_MIB` (default 1024).
 
-#[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;
