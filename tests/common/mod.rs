@@ -15,7 +15,8 @@
 //!
 //! Modules: [`tools`] (finding programs, ports, command output),
 //! [`nix`] (building closures, path info, NAR dumps, keys, copying),
-//! [`fs`] (tree comparison), [`nginx`] (reverse proxy / static server with a
+//! [`fs`] (tree comparison), [`garage`] (a single-node Garage S3 store with
+//! a bucket and a key), [`nginx`] (reverse proxy / static server with a
 //! parsed access log), [`http`] (curl wrapper returning status, headers and
 //! body), [`upstream`] (a tiny HTTP sink server), [`client`] (the `ferry`
 //! client binary with a home of its own), [`paths`] (made-up store paths
@@ -27,6 +28,7 @@ pub mod client;
 pub mod ferry;
 pub mod flaky;
 pub mod fs;
+pub mod garage;
 pub mod http;
 pub mod nginx;
 pub mod nix;
@@ -37,6 +39,7 @@ pub mod upstream;
 
 pub use self::ferry::{InProcess, ServerProcess, mint_in};
 pub use fs::compare_trees;
+pub use garage::{Garage, require_garage, start_garage};
 pub use http::{Body, HttpResponse, curl, http_request, try_http_request};
 pub use nginx::{
     LogEntry, Nginx, NginxOptions, nginx_max_request_length, start_nginx, start_nginx_static,
