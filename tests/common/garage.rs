@@ -21,8 +21,19 @@
 //! `curl --aws-sigv4`) answers 200. Each call gets its own ports, temp dir and
 //! keys, so tests may run several at once. The server is killed on drop.
 //!
+//! Start-up takes about 0.4 s (each CLI call is a process and an RPC
+//! handshake). Compression is off: the blobs ferry stores are compressed
+//! already.
+//!
 //! Addressing is path-style (`http://127.0.0.1:PORT/BUCKET/KEY`): no
 //! `root_domain` is configured, so virtual-hosted-style requests do not work.
+//! Requests must be signed (SigV4, region `garage`, service `s3`) and carry
+//! `x-amz-content-sha256`; anonymous ones get 403. An `object_store` client:
+//! `AmazonS3Builder::new().with_endpoint(&g.endpoint)
+//! .with_bucket_name(&g.bucket).with_region(&g.region)
+//! .with_access_key_id(&g.access_key_id)
+//! .with_secret_access_key(&g.secret_access_key).with_allow_http(true)
+//! .with_virtual_hosted_style_request(false)`.
 
 use super::tools::{free_port, require_tool, run};
 use std::io::Read;
