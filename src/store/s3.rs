@@ -60,6 +60,15 @@ impl S3Store {
             .with_access_key_id(key_id)
             .with_secret_access_key(secret)
             .with_virtual_hosted_style_request(!cfg.path_style);
+        // Over TLS the body's integrity is the connection's, so the payload
+        // is not hashed into the signature (measured against Garage: PUT
+        // 416 MB/s instead of 292). Over plain HTTP (a Garage on the same
+        // host or LAN) the signed SHA-256 keeps a changed body refused.
+        let tls = cfg
+            .endpoint
+            .as_deref()
+            .is_none_or(|e| e.starts_with("https://"));
+        b = b.with_unsigned_payload(tls);
         if let Some(endpoint) = &cfg.endpoint {
             b = b
                 .with_endpoint(endpoint)
