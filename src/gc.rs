@@ -193,11 +193,10 @@ impl Collector {
     pub async fn reconcile(&self) -> Result<u64> {
         let live = self.db.call(|c| blobs::live(c)).await?;
         let store = self.store.clone();
-        let missing: Vec<String> = tokio::task::spawn_blocking(move || -> Result<_> {
-            Ok(store.missing(live)?)
-        })
-        .await
-        .map_err(Error::internal)??;
+        let missing: Vec<String> =
+            tokio::task::spawn_blocking(move || -> Result<_> { Ok(store.missing(live)?) })
+                .await
+                .map_err(Error::internal)??;
         let mut unpublished = 0;
         for id in missing {
             let key = id.clone();

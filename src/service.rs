@@ -84,7 +84,8 @@ pub fn admin_spec(subject: &str, validity: Duration) -> TokenSpec {
 pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let dir = DataDir::new(&cfg.data_dir);
     let (root, created) = root_key(&dir)?;
-    let db = Db::open(&dir.db()).map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;
+    let db = Db::open_configured(cfg.database_url.as_deref(), &dir.db())
+        .map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;
     let store: SharedStore = match &cfg.s3 {
         Some(s3) => {
             let s = S3Store::open(s3)?;

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+};
 
 use super::{BlobInfo, BlobStore};
 use crate::config::S3Config;
@@ -59,9 +61,7 @@ impl S3Store {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        let s3 = b
-            .build()
-            .map_err(|e| anyhow::anyhow!("[s3]: {e}"))?;
+        let s3 = b.build().map_err(|e| anyhow::anyhow!("[s3]: {e}"))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ferry-s3")
@@ -70,11 +70,7 @@ impl S3Store {
         Ok(S3Store {
             s3: Arc::new(s3),
             rt: Some(rt),
-            label: format!(
-                "{}/{}",
-                cfg.endpoint.as_deref().unwrap_or("s3"),
-                cfg.bucket
-            ),
+            label: format!("{}/{}", cfg.endpoint.as_deref().unwrap_or("s3"), cfg.bucket),
         })
     }
 
@@ -94,7 +90,9 @@ impl S3Store {
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.rt.as_ref().expect("runtime lives as long as the store")
+        self.rt
+            .as_ref()
+            .expect("runtime lives as long as the store")
     }
 
     /// Runs `fut` on the store's runtime and waits for it (from any thread).
