@@ -181,7 +181,7 @@ async fn the_queries_and_triggers_mean_the_same_on_postgres() {
     db.write(move |tx| db::gc::record_run(tx, &run(20)))
         .await
         .unwrap();
-    let last = db.call(|c| db::gc::last_run(c)).await.unwrap().unwrap();
+    let last = db.call(db::gc::last_run).await.unwrap().unwrap();
     assert_eq!(last.started_at, 20);
     // Expiry on PostgreSQL: everything in a is older than its retention.
     let gone = db
@@ -192,10 +192,7 @@ async fn the_queries_and_triggers_mean_the_same_on_postgres() {
         gone, 2,
         "the path of a and the path of b, both 60 s retention"
     );
-    let dropped = db
-        .write(|tx| db::gc::delete_unpublished_nars(tx))
-        .await
-        .unwrap();
+    let dropped = db.write(db::gc::delete_unpublished_nars).await.unwrap();
     assert_eq!(dropped, 2);
 }
 
@@ -241,7 +238,7 @@ async fn two_instances_publish_at_once_and_nothing_twice() {
         published += p as u32;
     }
     assert_eq!((inserted, published), (40, 40));
-    let stats = one.call(|c| caches::sizes(c)).await.unwrap();
+    let stats = one.call(caches::sizes).await.unwrap();
     assert_eq!(stats, [("c".to_owned(), 40 * 7, 40)]);
 }
 
@@ -293,7 +290,7 @@ async fn a_failed_write_rolls_back() {
         .await;
     assert!(matches!(failed, Err(Error::Internal(_))), "{failed:?}");
     for _ in 0..10 {
-        let ids = db.call(|c| db::revocations::all(c)).await.unwrap();
+        let ids = db.call(db::revocations::all).await.unwrap();
         assert!(ids.is_empty());
     }
 }

@@ -204,7 +204,7 @@ impl CacheIndex {
             return Ok(self.map.read().map_err(Error::internal)?.get(name).cloned());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let rows = self.db.call(|c| list(c)).await?;
+        let rows = self.db.call(list).await?;
         let fresh: std::collections::HashMap<_, _> = rows
             .into_iter()
             .map(|r| (r.name.clone(), std::sync::Arc::new(r)))

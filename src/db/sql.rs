@@ -323,7 +323,9 @@ fn pg_refs<'v>(values: &'v [Value<'v>]) -> Vec<&'v (dyn postgres::types::ToSql +
 }
 
 impl<'a> Conn<'a> {
-    pub(super) fn sqlite(c: &'a rusqlite::Connection) -> Conn<'a> {
+    /// A SQLite connection opened elsewhere (benchmarks, tools), seen
+    /// through the common surface.
+    pub fn sqlite(c: &'a rusqlite::Connection) -> Conn<'a> {
         Conn(Inner::Sqlite(c))
     }
 

@@ -147,6 +147,8 @@ impl PgCluster {
     }
 
     /// Stops the cluster and removes its files once this process is gone.
+    /// The watchdog outlives this process by design: it is never waited for.
+    #[allow(clippy::zombie_processes)]
     fn watch_parent(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
