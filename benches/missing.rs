@@ -37,6 +37,7 @@ fn sqlite_reference(db: &std::path::Path, query: &[String]) -> Duration {
         .iter()
         .map(|p| &p["/nix/store/".len()..][..32])
         .collect();
+    let conn = ferry::db::Conn::sqlite(&conn);
     let mut rounds: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();

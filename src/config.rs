@@ -72,6 +72,12 @@ pub struct Config {
     /// only to a token with `admin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep metadata in PostgreSQL instead of `DATA-DIR/ferry.db`: a libpq
+    /// URL (`postgres://USER@HOST:PORT/DB`, or `host=/run/postgresql
+    /// dbname=ferry`). Leave the password out: `PGPASSWORD` in the
+    /// environment is used when the URL has none. Unset: SQLite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
     /// Keep blobs in an S3-compatible bucket instead of `DATA-DIR/blobs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
@@ -194,6 +200,7 @@ impl Default for Config {
             public_url: None,
             log_format: "text".to_owned(),
             metrics_listen: None,
+            database_url: None,
             s3: None,
         }
     }
@@ -211,6 +218,9 @@ impl Config {
 
     /// Checks limits; the message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.database_url {
+            crate::db::postgres::parse_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         if let Some(s3) = &self.s3 {
             if s3.bucket.trim().is_empty() {
                 anyhow::bail!("[s3] bucket must not be empty");

@@ -335,3 +335,32 @@ impl From<rusqlite::Error> for Error {
         }
     }
 }
+
+impl From<postgres::Error> for Error {
+    /// PostgreSQL errors by SQLSTATE class: a full disk is 507; a lost or
+    /// refused connection, a server shutting down, exhausted resources, a
+    /// lock or serialization conflict are 503 (retry); the rest, including
+    /// constraint violations (the queries avoid them), are bugs: 500.
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let Some(code) = e.code() else {
+            // No SQLSTATE: an I/O or protocol error on the connection.
+            return Error::Unavailable(format!("postgres: {e}"));
+        };
+        if *code == SqlState::DISK_FULL {
+            return Error::InsufficientStorage(format!("postgres: {e}"));
+        }
+        let class = &code.code()[..2];
+        match class {
+            // connection exception, insufficient resources, operator
+            // intervention (shutdown, cannot connect now), system error
+            "08" | "53" | "57" | "58" => Error::Unavailable(format!("postgres: {e}")),
+            // serialization failure, deadlock; lock not available
+            "40" => Error::Unavailable(format!("postgres: {e}")),
+            _ if *code == SqlState::LOCK_NOT_AVAILABLE => {
+                Error::Unavailable(format!("postgres: {e}"))
+            }
+            _ => Error::Internal(format!("postgres: {e}")),
+        }
+    }
+}

@@ -105,10 +105,7 @@ impl Collector {
             .write(|tx| db::gc::expire_paths(tx, db::now()))
             .await?;
         report.uploads_removed = self.engine.sweep_expired().await? as u64;
-        report.nars_removed = self
-            .db
-            .write(|tx| db::gc::delete_unpublished_nars(tx))
-            .await?;
+        report.nars_removed = self.db.write(db::gc::delete_unpublished_nars).await?;
         let (blobs, bytes) = self.delete_unreferenced().await?;
         report.blobs_removed = blobs;
         report.bytes_freed = bytes;
@@ -153,7 +150,7 @@ impl Collector {
     /// Each is checked again under the writer, since a publish records
     /// its blobs (under the writer) before it moves them in.
     async fn sweep_unknown_blobs(&self) -> Result<u64> {
-        let known = self.db.call(|c| blobs::all(c)).await?;
+        let known = self.db.call(blobs::all).await?;
         let store = self.store.clone();
         let grace = self.grace;
         let candidates: Vec<String> = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -191,7 +188,7 @@ impl Collector {
     /// A NAR whose file vanished is unpublished (with a log line naming
     /// its paths) rather than served broken.
     pub async fn reconcile(&self) -> Result<u64> {
-        let live = self.db.call(|c| blobs::live(c)).await?;
+        let live = self.db.call(blobs::live).await?;
         let store = self.store.clone();
         let missing: Vec<String> =
             tokio::task::spawn_blocking(move || -> Result<_> { Ok(store.missing(live)?) })

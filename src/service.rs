@@ -84,7 +84,8 @@ pub fn admin_spec(subject: &str, validity: Duration) -> TokenSpec {
 pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let dir = DataDir::new(&cfg.data_dir);
     let (root, created) = root_key(&dir)?;
-    let db = Db::open(&dir.db()).map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;
+    let db = Db::open_configured(cfg.database_url.as_deref(), &dir.db())
+        .map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;
     let store: SharedStore = match &cfg.s3 {
         Some(s3) => {
             let s = S3Store::open(s3)?;
@@ -115,7 +116,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     };
     let auth = Authorizer::new(root.public());
     auth.set_revoked(
-        db.call_blocking(|c| revocations::all(c))
+        db.call_blocking(revocations::all)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?,
     );
     let state = AppState {
@@ -179,7 +180,7 @@ pub async fn revoke(state: &AppState, id: &str) -> Result<()> {
 
 /// Loads the revoked set into the authorizer.
 pub async fn load_revocations(state: &AppState) -> Result<()> {
-    let ids = state.db.call(|c| revocations::all(c)).await?;
+    let ids = state.db.call(revocations::all).await?;
     state.auth.set_revoked(ids);
     Ok(())
 }
@@ -191,7 +192,7 @@ pub async fn watch_revocations(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        match state.db.call(|c| revocations::generation(c)).await {
+        match state.db.call(revocations::generation).await {
             Ok(g) if seen != Some(g) => {
                 if let Err(e) = load_revocations(&state).await {
                     tracing::warn!(error = %e, "reloading revocations failed");

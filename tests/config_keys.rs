@@ -20,6 +20,7 @@ fn struct_keys() -> BTreeSet<String> {
         default_retention: Some("6 months".into()),
         public_url: Some("https://cache.example.org".into()),
         metrics_listen: Some("127.0.0.1:9090".parse().unwrap()),
+        database_url: Some("postgres://ferry@%2Frun%2Fpostgresql/ferry".into()),
         s3: Some(full_s3()),
         ..Config::default()
     };

@@ -335,7 +335,7 @@ fn ten_thousand_expired_paths_go_in_one_run() {
                     "text",
                 )?;
             }
-            tx.execute("UPDATE paths SET last_access = last_access - 100", [])?;
+            tx.execute("UPDATE paths SET last_access = last_access - 100", &[])?;
             Ok(())
         })
         .await
@@ -347,7 +347,7 @@ fn ten_thousand_expired_paths_go_in_one_run() {
         assert_eq!(report.paths_expired, 10_000, "{report:?}");
         assert_eq!(report.nars_removed, 1, "{report:?}");
         let left: i64 = db
-            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM paths", [], |r| r.get(0))?))
+            .call(|c| c.query_one("SELECT COUNT(*) FROM paths", &[], |r| r.get(0)))
             .await
             .unwrap();
         assert_eq!(left, 0);

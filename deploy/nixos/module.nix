@@ -250,6 +250,13 @@ in
             description = "Address serving /metrics without a token (a Prometheus on the same host); null: none. The main listener serves /metrics to admin tokens only.";
           };
 
+          "database-url" = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "host=/run/postgresql user=ferry dbname=ferry";
+            description = "Keep metadata in PostgreSQL instead of SQLite in the data dir (libpq URL or key=value string). Keep the password out: set PGPASSWORD through an environment file. null: SQLite.";
+          };
+
           "s3" = mkOption {
             type = types.nullOr (types.submodule {
               freeformType = settingsFormat.type;

@@ -30,7 +30,7 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
     ferry::crash::arm_from_env().map_err(anyhow::Error::msg)?;
     let cfg = location.load()?;
     cfg.validate()?;
-    if !service::DataDir::new(&cfg.data_dir).db().exists() {
+    if cfg.database_url.is_none() && !service::DataDir::new(&cfg.data_dir).db().exists() {
         anyhow::bail!(
             "no ferry database in {}: pass the server's --data-dir or --config",
             cfg.data_dir.display()

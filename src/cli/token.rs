@@ -234,14 +234,15 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let cfg = args.location.load()?;
     let dir = DataDir::new(&cfg.data_dir);
-    if !dir.db().exists() {
+    if cfg.database_url.is_none() && !dir.db().exists() {
         anyhow::bail!(
             "no database at {}: pass the server's --data-dir or --config",
             dir.db().display()
         );
     }
     let id = service::revocation_id_of(&args.token).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let db = ferry::db::Db::open(&dir.db()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let db = ferry::db::Db::open_configured(cfg.database_url.as_deref(), &dir.db())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     db.call_blocking(|c| ferry::db::revocations::insert(c, &id))
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     println!("revoked {id}");

@@ -1,7 +1,6 @@
 //! The `caches` table: one row per cache, with its signing key and settings.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-
+use super::{Conn, Row, params};
 use crate::error::{Error, Result};
 
 /// A cache as stored.
@@ -34,7 +33,7 @@ pub struct NewCache {
 const COLUMNS: &str =
     "id, name, public, priority, store_dir, retention_secs, signing_key, upstream_keys";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
+fn from_row(r: &Row<'_>) -> Result<CacheRow> {
     let upstream: String = r.get(7)?;
     Ok(CacheRow {
         id: r.get(0)?,
@@ -49,11 +48,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
 }
 
 /// Inserts a cache; `CacheExists` when the name is taken.
-pub fn insert(conn: &Connection, c: &NewCache) -> Result<CacheRow> {
+pub fn insert(conn: &Conn<'_>, c: &NewCache) -> Result<CacheRow> {
     let upstream = serde_json::to_string(&c.upstream_keys).map_err(Error::internal)?;
-    let res = conn.execute(
+    let inserted = conn.query_opt(
         "INSERT INTO caches (name, public, priority, store_dir, retention_secs, signing_key, upstream_keys, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (name) DO NOTHING RETURNING id",
         params![
             c.name,
             c.public,
@@ -64,35 +64,39 @@ pub fn insert(conn: &Connection, c: &NewCache) -> Result<CacheRow> {
             upstream,
             super::now()
         ],
-    );
-    match res {
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            return Err(Error::CacheExists(c.name.clone()));
-        }
-        other => other?,
-    };
+        |r| r.get::<i64>(0),
+    )?;
+    if inserted.is_none() {
+        return Err(Error::CacheExists(c.name.clone()));
+    }
     get(conn, &c.name)?.ok_or_else(|| Error::internal("inserted cache vanished"))
 }
 
 /// The cache called `name`, if any.
-pub fn get(conn: &Connection, name: &str) -> Result<Option<CacheRow>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches WHERE name = ?1"))?;
-    Ok(stmt.query_row([name], from_row).optional()?)
+pub fn get(conn: &Conn<'_>, name: &str) -> Result<Option<CacheRow>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM caches WHERE name = ?1"),
+        params![name],
+        from_row,
+    )
 }
 
 /// The cache with row id `id`, if any.
-pub fn get_by_id(conn: &Connection, id: i64) -> Result<Option<CacheRow>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches WHERE id = ?1"))?;
-    Ok(stmt.query_row([id], from_row).optional()?)
+pub fn get_by_id(conn: &Conn<'_>, id: i64) -> Result<Option<CacheRow>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM caches WHERE id = ?1"),
+        params![id],
+        from_row,
+    )
 }
 
 /// Every cache, by name.
-pub fn list(conn: &Connection) -> Result<Vec<CacheRow>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM caches ORDER BY name"))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn list(conn: &Conn<'_>) -> Result<Vec<CacheRow>> {
+    conn.query_all(
+        &format!("SELECT {COLUMNS} FROM caches ORDER BY name"),
+        &[],
+        from_row,
+    )
 }
 
 /// Changes to a cache's settings; `None` leaves a field as it is.
@@ -106,7 +110,7 @@ pub struct CacheChanges {
 }
 
 /// Applies `changes` to the cache with row id `id`.
-pub fn update(conn: &Connection, id: i64, changes: &CacheChanges) -> Result<()> {
+pub fn update(conn: &Conn<'_>, id: i64, changes: &CacheChanges) -> Result<()> {
     if let Some(p) = changes.public {
         conn.execute(
             "UPDATE caches SET public = ?2 WHERE id = ?1",
@@ -136,8 +140,8 @@ pub fn update(conn: &Connection, id: i64, changes: &CacheChanges) -> Result<()> 
 }
 
 /// Deletes a cache; its paths and uploads go with it (foreign keys).
-pub fn delete(conn: &Connection, id: i64) -> Result<()> {
-    conn.execute("DELETE FROM caches WHERE id = ?1", [id])?;
+pub fn delete(conn: &Conn<'_>, id: i64) -> Result<()> {
+    conn.execute("DELETE FROM caches WHERE id = ?1", params![id])?;
     Ok(())
 }
 
@@ -145,23 +149,33 @@ pub fn delete(conn: &Connection, id: i64) -> Result<()> {
 /// caches counts in each) and paths published (for `/metrics`). Read from
 /// `cache_stats`, which triggers keep up to date: one row per cache, not a
 /// join over every path.
-pub fn sizes(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
-    let mut stmt = conn.prepare_cached(
+pub fn sizes(conn: &Conn<'_>) -> Result<Vec<(String, i64, i64)>> {
+    conn.query_all(
         "SELECT c.name, COALESCE(s.bytes, 0), COALESCE(s.paths, 0) FROM caches c
          LEFT JOIN cache_stats s ON s.cache_id = c.id ORDER BY c.name",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
 }
 
+/// How long an instance on PostgreSQL keeps cache rows before reading
+/// them again (another instance may have changed them).
+pub const SHARED_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Every cache row by name, kept in memory: every request looks its cache
-/// up, and caches change only through this server's own API, which calls
-/// [`CacheIndex::forget`]. The index holds all of them, so a name that
-/// does not exist is answered from memory as fast as one that does: the
-/// time of a 401 does not tell whether a private cache by that name
-/// exists. Probing names cannot grow it.
+/// up, and caches change only through the API, which calls
+/// [`CacheIndex::forget`] on the instance that made the change. The index
+/// holds all of them, so a name that does not exist is answered from
+/// memory as fast as one that does: the time of a 401 does not tell
+/// whether a private cache by that name exists. Probing names cannot grow
+/// it. On PostgreSQL other instances change caches too: there the index
+/// also reloads once it is [`SHARED_REFRESH`] old, the bound on how long
+/// an instance serves a cache row another instance changed.
 pub struct CacheIndex {
     db: super::Db,
+    /// When the rows were loaded; with `max_age`, older rows are reloaded.
+    loaded_at: std::sync::Mutex<Option<std::time::Instant>>,
+    max_age: Option<std::time::Duration>,
     map: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<CacheRow>>>,
     /// Set by `forget` (and at start): the next lookup reloads every row.
     stale: std::sync::atomic::AtomicBool,
@@ -172,8 +186,11 @@ pub struct CacheIndex {
 
 impl CacheIndex {
     pub fn new(db: super::Db) -> CacheIndex {
+        let max_age = (db.engine() == super::Engine::Postgres).then_some(SHARED_REFRESH);
         CacheIndex {
             db,
+            loaded_at: Default::default(),
+            max_age,
             map: Default::default(),
             stale: std::sync::atomic::AtomicBool::new(true),
             generation: Default::default(),
@@ -183,11 +200,11 @@ impl CacheIndex {
     /// The cache called `name`, if any.
     pub async fn get(&self, name: &str) -> Result<Option<std::sync::Arc<CacheRow>>> {
         use std::sync::atomic::Ordering;
-        if !self.stale.load(Ordering::SeqCst) {
+        if !self.stale.load(Ordering::SeqCst) && !self.too_old() {
             return Ok(self.map.read().map_err(Error::internal)?.get(name).cloned());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let rows = self.db.call(|c| list(c)).await?;
+        let rows = self.db.call(list).await?;
         let fresh: std::collections::HashMap<_, _> = rows
             .into_iter()
             .map(|r| (r.name.clone(), std::sync::Arc::new(r)))
@@ -197,8 +214,22 @@ impl CacheIndex {
         if self.generation.load(Ordering::SeqCst) == generation {
             *map = fresh;
             self.stale.store(false, Ordering::SeqCst);
+            if let Ok(mut at) = self.loaded_at.lock() {
+                *at = Some(std::time::Instant::now());
+            }
         }
         Ok(found)
+    }
+
+    /// Whether the rows are past `max_age` (never without one).
+    fn too_old(&self) -> bool {
+        let Some(max) = self.max_age else {
+            return false;
+        };
+        match self.loaded_at.lock() {
+            Ok(at) => at.is_none_or(|t| t.elapsed() >= max),
+            Err(_) => true,
+        }
     }
 
     /// Marks the index out of date after a cache was created, changed or

@@ -2,27 +2,28 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{Conn, params};
 
 use crate::error::Result;
 
 /// Records last-access times for read paths (by hash part) and read NARs.
 pub fn touch(
-    conn: &Connection,
+    conn: &Conn<'_>,
     paths: &[(i64, String)],
     nars: &[(i64, i64)],
     now: i64,
 ) -> Result<()> {
-    let mut p = conn.prepare_cached(
-        "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND hash_part = ?2",
-    )?;
     for (cache, hash) in paths {
-        p.execute(params![cache, hash, now])?;
+        conn.execute(
+            "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND hash_part = ?2",
+            params![cache, hash, now],
+        )?;
     }
-    let mut n = conn
-        .prepare_cached("UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2")?;
     for (cache, nar) in nars {
-        n.execute(params![cache, nar, now])?;
+        conn.execute(
+            "UPDATE paths SET last_access = ?3 WHERE cache_id = ?1 AND nar_id = ?2",
+            params![cache, nar, now],
+        )?;
     }
     Ok(())
 }
@@ -41,20 +42,19 @@ fn references_of(narinfo: &str) -> impl Iterator<Item = &str> {
 /// before it, except those a kept path references, directly or not: a
 /// path that stays keeps its whole closure, or Nix could not substitute
 /// it. Returns how many paths went.
-pub fn expire_paths(conn: &Connection, now: i64) -> Result<u64> {
-    let mut caches =
-        conn.prepare("SELECT id, retention_secs FROM caches WHERE retention_secs IS NOT NULL")?;
-    let caches: Vec<(i64, i64)> = caches
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+pub fn expire_paths(conn: &Conn<'_>, now: i64) -> Result<u64> {
+    let caches: Vec<(i64, i64)> = conn.query_all(
+        "SELECT id, retention_secs FROM caches WHERE retention_secs IS NOT NULL",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut removed = 0;
     for (cache_id, retention) in caches {
-        let mut stmt = conn.prepare_cached(
+        let rows: Vec<(String, i64, String)> = conn.query_all(
             "SELECT hash_part, last_access, narinfo FROM paths WHERE cache_id = ?1",
+            params![cache_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let rows: Vec<(String, i64, String)> = stmt
-            .query_map([cache_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
         let refs: HashMap<&str, Vec<&str>> = rows
             .iter()
             .map(|(h, _, ni)| (h.as_str(), references_of(ni).collect()))
@@ -70,10 +70,11 @@ pub fn expire_paths(conn: &Connection, now: i64) -> Result<u64> {
                 todo.extend(refs.get(h).into_iter().flatten().copied());
             }
         }
-        let mut del =
-            conn.prepare_cached("DELETE FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
         for (h, _, _) in rows.iter().filter(|(h, _, _)| !kept.contains(h.as_str())) {
-            removed += del.execute(params![cache_id, h])? as u64;
+            removed += conn.execute(
+                "DELETE FROM paths WHERE cache_id = ?1 AND hash_part = ?2",
+                params![cache_id, h],
+            )?;
         }
     }
     Ok(removed)
@@ -81,12 +82,12 @@ pub fn expire_paths(conn: &Connection, now: i64) -> Result<u64> {
 
 /// Deletes the NAR rows no path publishes (their chunks go with them, so
 /// their blobs become unreferenced in the same run). Returns how many.
-pub fn delete_unpublished_nars(conn: &Connection) -> Result<u64> {
+pub fn delete_unpublished_nars(conn: &Conn<'_>) -> Result<u64> {
     let n = conn.execute(
         "DELETE FROM nars WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = nars.id)",
-        [],
+        &[],
     )?;
-    Ok(n as u64)
+    Ok(n)
 }
 
 /// The last finished run: when it started and ended, and what it did.
@@ -98,12 +99,17 @@ pub struct LastRun {
 }
 
 /// Records a finished run, replacing the one before (for the status page).
-pub fn record_run(conn: &Connection, run: &LastRun) -> Result<()> {
+pub fn record_run(conn: &Conn<'_>, run: &LastRun) -> Result<()> {
     let r = &run.report;
     conn.execute(
-        "INSERT OR REPLACE INTO gc_last_run (id, started_at, finished_at, paths_expired,
+        "INSERT INTO gc_last_run (id, started_at, finished_at, paths_expired,
              uploads_removed, nars_removed, blobs_removed, bytes_freed, leftovers_removed)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,
+             finished_at = excluded.finished_at, paths_expired = excluded.paths_expired,
+             uploads_removed = excluded.uploads_removed, nars_removed = excluded.nars_removed,
+             blobs_removed = excluded.blobs_removed, bytes_freed = excluded.bytes_freed,
+             leftovers_removed = excluded.leftovers_removed",
         params![
             run.started_at,
             run.finished_at,
@@ -119,14 +125,13 @@ pub fn record_run(conn: &Connection, run: &LastRun) -> Result<()> {
 }
 
 /// The last finished run, if any has been recorded.
-pub fn last_run(conn: &Connection) -> Result<Option<LastRun>> {
-    let mut stmt = conn.prepare_cached(
+pub fn last_run(conn: &Conn<'_>) -> Result<Option<LastRun>> {
+    let n = |r: &super::Row<'_>, i| r.get::<i64>(i).map(|v| v as u64);
+    conn.query_opt(
         "SELECT started_at, finished_at, paths_expired, uploads_removed, nars_removed,
              blobs_removed, bytes_freed, leftovers_removed FROM gc_last_run WHERE id = 1",
-    )?;
-    let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v as u64);
-    let run = stmt
-        .query_row([], |r| {
+        &[],
+        |r| {
             Ok(LastRun {
                 started_at: r.get(0)?,
                 finished_at: r.get(1)?,
@@ -139,9 +144,8 @@ pub fn last_run(conn: &Connection) -> Result<Option<LastRun>> {
                     leftovers_removed: n(r, 7)?,
                 },
             })
-        })
-        .optional()?;
-    Ok(run)
+        },
+    )
 }
 
 #[cfg(test)]

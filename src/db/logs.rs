@@ -1,12 +1,11 @@
 //! The `build_logs` table: build logs per cache, keyed by the derivation's
 //! store path base name, stored zstd-compressed.
 
-use rusqlite::{Connection, OptionalExtension, params};
-
+use super::{Conn, params};
 use crate::error::Result;
 
 /// Stores (or replaces) the compressed log of `drv` in a cache.
-pub fn put(conn: &Connection, cache_id: i64, drv: &str, log: &[u8]) -> Result<()> {
+pub fn put(conn: &Conn<'_>, cache_id: i64, drv: &str, log: &[u8]) -> Result<()> {
     conn.execute(
         "INSERT INTO build_logs (cache_id, drv, log, created_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (cache_id, drv) DO UPDATE SET
@@ -17,10 +16,10 @@ pub fn put(conn: &Connection, cache_id: i64, drv: &str, log: &[u8]) -> Result<()
 }
 
 /// The compressed log of `drv` in a cache.
-pub fn get(conn: &Connection, cache_id: i64, drv: &str) -> Result<Option<Vec<u8>>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT log FROM build_logs WHERE cache_id = ?1 AND drv = ?2")?;
-    Ok(stmt
-        .query_row(params![cache_id, drv], |r| r.get(0))
-        .optional()?)
+pub fn get(conn: &Conn<'_>, cache_id: i64, drv: &str) -> Result<Option<Vec<u8>>> {
+    conn.query_opt(
+        "SELECT log FROM build_logs WHERE cache_id = ?1 AND drv = ?2",
+        params![cache_id, drv],
+        |r| r.get(0),
+    )
 }

@@ -1,32 +1,36 @@
-//! SQLite metadata: connection pool, migrations, and one file per table group.
+//! Metadata: SQLite (the embedded default) or PostgreSQL (`database-url`,
+//! for several instances), one pool type, one file per table group.
 //!
-//! The database runs in WAL mode with `synchronous = FULL`, so a committed
-//! row survives a power cut, which is what a `200` for a part promises.
-//! rusqlite is blocking, so calls run on tokio's blocking pool:
-//! - reads through [`Db::call`], in parallel on WAL snapshots;
-//! - writes through [`Db::write`]: `BEGIN IMMEDIATE`, after queueing on one
-//!   async lock, so SQLite's write lock is never contended from inside the
-//!   server (a lock wait there is a sleep-and-poll);
-//! - the one exception, [`Db::lookup`]: keyed point reads on the read path
-//!   (a narinfo, a NAR's chunks) run on the async worker itself, as a
-//!   static file server reads a small file in its event loop. A WAL read
-//!   never waits for a writer, and skipping the hop to the blocking pool
-//!   cut a narinfo's server time by about 40 %.
+//! Every query is written once, over [`Conn`] (see [`sql`]): the same SQL
+//! and the same Rust runs on both engines. Blocking work stays off the
+//! async threads:
+//! - reads through [`Db::call`], on tokio's blocking pool: SQLite reads run
+//!   in parallel on WAL snapshots, PostgreSQL ones in autocommit;
+//! - writes through [`Db::write`], after queueing on one async lock (so the
+//!   database's own write lock is never contended from inside one server):
+//!   on SQLite `BEGIN IMMEDIATE`, on PostgreSQL a transaction that first
+//!   takes an advisory lock, the same single writer across every instance
+//!   sharing the database (see [`postgres`]);
+//! - [`Db::lookup`]: keyed point reads on the read path (a narinfo, a NAR's
+//!   chunks). On SQLite they run on the async worker itself, as a static
+//!   file server reads a small file in its event loop: a WAL read never
+//!   waits for a writer, and skipping the hop to the blocking pool cut a
+//!   narinfo's server time by about 40 %. On PostgreSQL (a network round
+//!   trip, and a blocking client) they go through the blocking pool.
 //!
-//! Another process (`ferry gc`, `ferry token revoke`) can still hold the
-//! write lock; then the busy handler waits as SQLite's own `busy_timeout`
-//! (30 s) would, and counts each wait ([`busy_waits`], exported as
-//! `ferry_db_busy_total`).
-//!
-//! Migrations are the files of `schema/`, compiled in and applied in order;
-//! `PRAGMA user_version` records how many have run.
+//! Migrations are the files of `schema/sqlite/` and `schema/postgres/`
+//! (the same tables and meaning in each dialect), compiled in and applied
+//! in order (see [`sqlite`] and [`postgres`]).
 
 pub mod blobs;
 pub mod caches;
 pub mod gc;
 pub mod logs;
 pub mod nars;
+pub mod postgres;
 pub mod revocations;
+pub mod sql;
+pub mod sqlite;
 pub mod status;
 pub mod tus;
 pub mod uploads;
@@ -35,39 +39,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::Semaphore;
 
-use crate::error::{Error, Result};
+pub use sql::{Conn, Engine, Param, Row, Tx, params};
+pub use sqlite::busy_waits;
 
-/// The schema files, in order. Append only.
-const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_init", include_str!("../../schema/0001_init.sql")),
-    (
-        "0002_revocations",
-        include_str!("../../schema/0002_revocations.sql"),
-    ),
-    ("0003_tus", include_str!("../../schema/0003_tus.sql")),
-    (
-        "0004_listings_logs",
-        include_str!("../../schema/0004_listings_logs.sql"),
-    ),
-    ("0005_blobs", include_str!("../../schema/0005_blobs.sql")),
-    (
-        "0006_upload_owners",
-        include_str!("../../schema/0006_upload_owners.sql"),
-    ),
-    (
-        "0007_cache_stats",
-        include_str!("../../schema/0007_cache_stats.sql"),
-    ),
-    ("0008_status", include_str!("../../schema/0008_status.sql")),
-];
+use crate::error::{Error, Result};
+use sql::PgClient;
 
 /// How many connections the pool holds (readers and writers alike).
 const POOL_SIZE: usize = 8;
 
-/// A small pool of SQLite connections to one database file.
+/// A small pool of connections to one database, SQLite or PostgreSQL.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
@@ -76,52 +60,21 @@ pub struct Db {
 struct Inner {
     /// Process-unique, keys each thread's [`Db::lookup`] connection.
     id: u64,
-    conns: Mutex<Vec<Connection>>,
+    pool: Pool,
     permits: Semaphore,
     /// Held by each [`Db::write`] for its transaction: one writer at a time.
     writer: tokio::sync::Mutex<()>,
-    path: PathBuf,
 }
 
-/// How long a statement waits for a lock before it fails with `SQLITE_BUSY`.
-const BUSY_TIMEOUT_MS: u64 = 30_000;
-
-/// Times any connection found the database locked and had to wait.
-static BUSY_WAITS: AtomicU64 = AtomicU64::new(0);
-
-/// How many times, since the process started, a database call found
-/// SQLite locked by another connection and waited (once per wait, however
-/// long). Process-wide: every [`Db`] in the process adds to it.
-pub fn busy_waits() -> u64 {
-    BUSY_WAITS.load(Ordering::Relaxed)
-}
-
-/// The sleep before retry `count` of one locking event and the sleep
-/// already done, in ms: SQLite's own `busy_timeout` schedule.
-fn busy_delay(count: u64) -> (u64, u64) {
-    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
-    const TOTALS: [u64; 12] = [0, 1, 3, 8, 18, 33, 53, 78, 103, 128, 178, 228];
-    match DELAYS.get(count as usize) {
-        Some(&d) => (d, TOTALS[count as usize]),
-        None => (100, 228 + 100 * (count - 11)),
-    }
-}
-
-/// The busy handler: counts the wait, then sleeps and retries like
-/// `busy_timeout(BUSY_TIMEOUT_MS)`; `false` (give up with `SQLITE_BUSY`)
-/// once that much time has been slept.
-fn on_busy(count: i32) -> bool {
-    let count = u64::try_from(count).unwrap_or(0);
-    if count == 0 {
-        BUSY_WAITS.fetch_add(1, Ordering::Relaxed);
-    }
-    let (delay, prior) = busy_delay(count);
-    let delay = delay.min(BUSY_TIMEOUT_MS.saturating_sub(prior));
-    if delay == 0 {
-        return false;
-    }
-    std::thread::sleep(std::time::Duration::from_millis(delay));
-    true
+enum Pool {
+    Sqlite {
+        conns: Mutex<Vec<Connection>>,
+        path: PathBuf,
+    },
+    Postgres {
+        conns: Mutex<Vec<PgClient>>,
+        cfg: Box<::postgres::Config>,
+    },
 }
 
 /// Current Unix time in seconds.
@@ -132,61 +85,79 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_handler(Some(on_busy))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
+/// Runs `f` on a thread outside any tokio runtime when called from inside
+/// one: the `postgres` client blocks on a runtime of its own, which tokio
+/// forbids on its threads.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(f)
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    } else {
+        f()
+    }
 }
 
-/// Applies every migration newer than the database's `user_version`.
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, (_name, sql)) in MIGRATIONS.iter().enumerate() {
-        let v = i as i64 + 1;
-        if v <= version {
-            continue;
-        }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", v)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
+static IDS: AtomicU64 = AtomicU64::new(0);
 
 impl Db {
-    /// Opens (creating if needed) the database file and runs migrations.
+    /// Opens (creating if needed) the SQLite database file and runs
+    /// migrations.
     pub fn open(path: &Path) -> Result<Db> {
-        let mut first = open_conn(path)?;
-        migrate(&mut first)?;
+        let mut first = sqlite::open_conn(path)?;
+        sqlite::migrate(&mut first)?;
         let mut conns = vec![first];
         for _ in 1..POOL_SIZE {
-            conns.push(open_conn(path)?);
+            conns.push(sqlite::open_conn(path)?);
         }
-        static IDS: AtomicU64 = AtomicU64::new(0);
-        Ok(Db {
-            inner: Arc::new(Inner {
-                id: IDS.fetch_add(1, Ordering::Relaxed),
-                conns: Mutex::new(conns),
-                permits: Semaphore::new(POOL_SIZE),
-                writer: tokio::sync::Mutex::new(()),
-                path: path.to_owned(),
-            }),
-        })
+        Ok(Db::with_pool(Pool::Sqlite {
+            conns: Mutex::new(conns),
+            path: path.to_owned(),
+        }))
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Connects to the PostgreSQL database at `url` and runs migrations
+    /// (under an advisory lock: instances starting together migrate once).
+    pub fn connect(url: &str) -> Result<Db> {
+        let cfg = postgres::parse_url(url)?;
+        let first = off_runtime(|| -> Result<PgClient> {
+            let mut c = postgres::connect(&cfg)?;
+            postgres::migrate(&mut c)?;
+            Ok(PgClient::new(c))
+        })?;
+        Ok(Db::with_pool(Pool::Postgres {
+            conns: Mutex::new(vec![first]),
+            cfg: Box::new(cfg),
+        }))
+    }
+
+    /// PostgreSQL when `database_url` is set, else the SQLite file `path`.
+    pub fn open_configured(database_url: Option<&str>, path: &Path) -> Result<Db> {
+        match database_url {
+            Some(url) => Db::connect(url),
+            None => Db::open(path),
+        }
+    }
+
+    fn with_pool(pool: Pool) -> Db {
+        Db {
+            inner: Arc::new(Inner {
+                id: IDS.fetch_add(1, Ordering::Relaxed),
+                pool,
+                permits: Semaphore::new(POOL_SIZE),
+                writer: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Which engine holds the metadata.
+    pub fn engine(&self) -> Engine {
+        match self.inner.pool {
+            Pool::Sqlite { .. } => Engine::Sqlite,
+            Pool::Postgres { .. } => Engine::Postgres,
+        }
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool. For
@@ -194,7 +165,15 @@ impl Db {
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.blocking(move |inner| inner.with_conn(false, f)).await
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
         let _permit = self
             .inner
@@ -203,22 +182,41 @@ impl Db {
             .await
             .map_err(Error::internal)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.with_conn(f))
+        tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(Error::internal)?
     }
 
     /// Runs `f` with a pooled connection on the current thread. For code
-    /// that already runs on the blocking pool (or outside tokio).
-    pub fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        self.inner.with_conn(f)
+    /// that already runs on the blocking pool (or outside tokio); on
+    /// PostgreSQL, called inside a runtime, it runs on a thread of its own.
+    pub fn call_blocking<T: Send>(
+        &self,
+        f: impl FnOnce(&Conn<'_>) -> Result<T> + Send,
+    ) -> Result<T> {
+        match self.inner.pool {
+            Pool::Sqlite { .. } => self.inner.with_conn(false, f),
+            Pool::Postgres { .. } => off_runtime(|| self.inner.with_conn(false, f)),
+        }
     }
 
-    /// Runs the read `f` at once on the calling thread, with a read-only
-    /// connection of this thread's own. Only for a handful of indexed point
-    /// lookups (no scans, no writes): it runs on an async worker, the way
-    /// a static file server reads a small file in its event loop.
-    pub fn lookup<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    /// Runs the read `f`, a handful of indexed point lookups (no scans, no
+    /// writes). On SQLite at once on the calling thread, with a read-only
+    /// connection of this thread's own: it runs on an async worker, the
+    /// way a static file server reads a small file in its event loop. On
+    /// PostgreSQL through the blocking pool, like [`Db::call`].
+    pub async fn lookup<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn<'_>) -> Result<T> + Send + 'static,
+    {
+        match &self.inner.pool {
+            Pool::Sqlite { path, .. } => self.lookup_sqlite(path, f),
+            Pool::Postgres { .. } => self.call(f).await,
+        }
+    }
+
+    fn lookup_sqlite<T>(&self, path: &Path, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
         thread_local! {
             static LOOKUP: std::cell::RefCell<Vec<(u64, Connection)>> =
                 const { std::cell::RefCell::new(Vec::new()) };
@@ -228,65 +226,135 @@ impl Db {
             let i = match conns.iter().position(|(id, _)| *id == self.inner.id) {
                 Some(i) => i,
                 None => {
-                    let conn = open_conn(&self.inner.path)?;
+                    let conn = sqlite::open_conn(path)?;
                     conn.pragma_update(None, "query_only", true)?;
                     conns.push((self.inner.id, conn));
                     conns.len() - 1
                 }
             };
-            f(&conns[i].1)
+            f(&Conn::sqlite(&conns[i].1))
         })
     }
 
-    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction, committing on `Ok`,
-    /// after the writers queued before it (one writer at a time).
+    /// Runs `f` inside a write transaction, committing on `Ok` and rolling
+    /// back on `Err`, after the writers queued before it: one writer at a
+    /// time (`BEGIN IMMEDIATE` on SQLite; on PostgreSQL the writer
+    /// advisory lock, across every instance sharing the database).
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
     {
         let _writer = self.inner.writer.lock().await;
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.blocking(move |inner| inner.with_conn(true, f)).await
     }
 }
 
 impl Inner {
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let conn = self.conns.lock().map_err(Error::internal)?.pop();
-        let mut conn = match conn {
-            Some(c) => c,
-            // More blocking callers than pooled connections: open one more.
-            None => open_conn(&self.path)?,
-        };
-        let out = f(&mut conn);
-        if let Ok(mut pool) = self.conns.lock()
-            && pool.len() < POOL_SIZE
-        {
-            pool.push(conn);
+    /// Runs `f` on a pooled connection, inside a write transaction when
+    /// `write`.
+    fn with_conn<T>(&self, write: bool, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
+        match &self.pool {
+            Pool::Sqlite { conns, path } => {
+                let conn = conns.lock().map_err(Error::internal)?.pop();
+                let mut conn = match conn {
+                    Some(c) => c,
+                    // More blocking callers than pooled connections: open one more.
+                    None => sqlite::open_conn(path)?,
+                };
+                let out = if write {
+                    sqlite_write(&mut conn, f)
+                } else {
+                    f(&Conn::sqlite(&conn))
+                };
+                if let Ok(mut pool) = conns.lock()
+                    && pool.len() < POOL_SIZE
+                {
+                    pool.push(conn);
+                }
+                out
+            }
+            Pool::Postgres { conns, cfg } => {
+                let pooled = {
+                    let mut pool = conns.lock().map_err(Error::internal)?;
+                    std::iter::from_fn(|| pool.pop()).find(|c| !c.is_closed())
+                };
+                let mut client = match pooled {
+                    Some(c) => c,
+                    None => PgClient::new(postgres::connect(cfg)?),
+                };
+                let (out, reusable) = if write {
+                    pg_write(&mut client, f)
+                } else {
+                    (f(&Conn::postgres(&mut client)), true)
+                };
+                if reusable
+                    && !client.is_closed()
+                    && let Ok(mut pool) = conns.lock()
+                    && pool.len() < POOL_SIZE
+                {
+                    pool.push(client);
+                }
+                out
+            }
         }
-        out
+    }
+}
+
+fn sqlite_write<T>(conn: &mut Connection, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&Conn::sqlite(&tx))?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// A PostgreSQL write transaction; also says whether the client may go
+/// back to the pool (not when a failed transaction could not be ended).
+fn pg_write<T>(client: &mut PgClient, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> (Result<T>, bool) {
+    if let Err(e) = client.client().batch_execute("BEGIN") {
+        return (Err(e.into()), false);
+    }
+    let out = client
+        .client()
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&postgres::WRITER_LOCK],
+        )
+        .map_err(Error::from)
+        .and_then(|_| f(&Conn::postgres(client)));
+    match out {
+        Ok(v) => match client.client().batch_execute("COMMIT") {
+            Ok(()) => (Ok(v), true),
+            Err(e) => {
+                let ended = client.client().batch_execute("ROLLBACK").is_ok();
+                (Err(e.into()), ended)
+            }
+        },
+        Err(e) => {
+            let ended = client.client().batch_execute("ROLLBACK").is_ok();
+            (Err(e), ended)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlite::{BUSY_TIMEOUT_MS, busy_delay, open_conn};
 
     #[test]
     fn migrations_run_once_and_set_user_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let db = Db::open(&path).unwrap();
-        let v: i64 = db
-            .call_blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
+        let user_version = |path: &Path| -> i64 {
+            open_conn(path)
+                .unwrap()
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(user_version(&path), sqlite::MIGRATIONS.len() as i64);
+        assert_eq!(sqlite::MIGRATIONS.len(), postgres::MIGRATION_COUNT);
         drop(db);
         // Re-opening must not re-run (it would fail on CREATE TABLE).
         Db::open(&path).unwrap();
@@ -297,30 +365,30 @@ mod tests {
         assert_eq!(mode, "wal");
     }
 
-    #[test]
-    fn lookup_sees_committed_writes_and_cannot_write() {
+    #[tokio::test]
+    async fn lookup_sees_committed_writes_and_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         let other = Db::open(&dir.path().join("u.db")).unwrap();
-        let count = |db: &Db| -> i64 {
-            db.lookup(|c| Ok(c.query_row("SELECT count(*) FROM caches", [], |r| r.get(0))?))
+        async fn count(db: &Db) -> i64 {
+            db.lookup(|c| c.query_one("SELECT count(*) FROM caches", &[], |r| r.get(0)))
+                .await
                 .unwrap()
-        };
-        assert_eq!(count(&db), 0);
+        }
+        assert_eq!(count(&db).await, 0);
         db.call_blocking(|c| {
             c.execute_batch(
                 "INSERT INTO caches (name, signing_key, created_at) VALUES ('a', 'k', 0)",
-            )?;
-            Ok(())
+            )
         })
         .unwrap();
         // The same thread's connection sees the new row; another database
         // gets a connection of its own.
-        assert_eq!(count(&db), 1);
-        assert_eq!(count(&other), 0);
-        let write = db.lookup(|c| Ok(c.execute("DELETE FROM caches", [])?));
+        assert_eq!(count(&db).await, 1);
+        assert_eq!(count(&other).await, 0);
+        let write = db.lookup(|c| c.execute("DELETE FROM caches", &[])).await;
         assert!(write.is_err(), "a lookup connection must be read-only");
-        assert_eq!(count(&db), 1);
+        assert_eq!(count(&db).await, 1);
     }
 
     #[test]
@@ -346,10 +414,7 @@ mod tests {
             .unwrap();
         let before = busy_waits();
         let waiter = std::thread::spawn(move || {
-            db.call_blocking(|c| {
-                c.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
-                Ok(())
-            })
+            db.call_blocking(|c| c.execute_batch("BEGIN IMMEDIATE; COMMIT;"))
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
         tx.commit().unwrap();

@@ -4,7 +4,7 @@
 //! in one cache with a narinfo rendered and signed at publish time. A NAR
 //! file is the concatenation of its chunks (blobs) in order.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Conn, Row, params};
 
 use crate::error::Result;
 
@@ -43,35 +43,36 @@ pub struct NewNar {
 
 const NAR_COLUMNS: &str = "id, nar_hash, nar_size, compression, file_hash, file_size";
 
-fn nar_from_row(r: &Row<'_>) -> rusqlite::Result<NarRow> {
+fn nar_from_row(r: &Row<'_>) -> Result<NarRow> {
     Ok(NarRow {
         id: r.get(0)?,
         nar_hash: r.get(1)?,
-        nar_size: r.get::<_, i64>(2)? as u64,
+        nar_size: r.get::<i64>(2)? as u64,
         compression: r.get(3)?,
         file_hash: r.get(4)?,
-        file_size: r.get::<_, i64>(5)? as u64,
+        file_size: r.get::<i64>(5)? as u64,
     })
 }
 
 /// The NAR with this NarHash, if stored.
-pub fn find_by_nar_hash(conn: &Connection, nar_hash: &str) -> Result<Option<NarRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {NAR_COLUMNS} FROM nars WHERE nar_hash = ?1"
-    ))?;
-    Ok(stmt.query_row([nar_hash], nar_from_row).optional()?)
+pub fn find_by_nar_hash(conn: &Conn<'_>, nar_hash: &str) -> Result<Option<NarRow>> {
+    conn.query_opt(
+        &format!("SELECT {NAR_COLUMNS} FROM nars WHERE nar_hash = ?1"),
+        params![nar_hash],
+        nar_from_row,
+    )
 }
 
 /// Inserts a NAR and its chunks, or returns the existing row when another
 /// publish stored the same NarHash first (the new blobs are then orphans
 /// for GC). Returns the row and whether it was inserted.
-pub fn insert(conn: &Connection, nar: &NewNar) -> Result<(NarRow, bool)> {
+pub fn insert(conn: &Conn<'_>, nar: &NewNar) -> Result<(NarRow, bool)> {
     if let Some(existing) = find_by_nar_hash(conn, &nar.nar_hash)? {
         return Ok((existing, false));
     }
-    conn.execute(
+    let id: i64 = conn.query_one(
         "INSERT INTO nars (nar_hash, nar_size, compression, file_hash, file_size, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
         params![
             nar.nar_hash,
             nar.nar_size as i64,
@@ -80,13 +81,13 @@ pub fn insert(conn: &Connection, nar: &NewNar) -> Result<(NarRow, bool)> {
             nar.file_size as i64,
             super::now()
         ],
-    )?;
-    let id = conn.last_insert_rowid();
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)",
+        |r| r.get(0),
     )?;
     for (seq, c) in nar.chunks.iter().enumerate() {
-        stmt.execute(params![id, seq as i64, c.blob, c.size as i64])?;
+        conn.execute(
+            "INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)",
+            params![id, seq as i64, c.blob, c.size as i64],
+        )?;
     }
     let row = NarRow {
         id,
@@ -100,23 +101,24 @@ pub fn insert(conn: &Connection, nar: &NewNar) -> Result<(NarRow, bool)> {
 }
 
 /// The chunks of a NAR, in order.
-pub fn chunks(conn: &Connection, nar_id: i64) -> Result<Vec<Chunk>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT blob, size FROM nar_chunks WHERE nar_id = ?1 ORDER BY seq")?;
-    let rows = stmt.query_map([nar_id], |r| {
-        Ok(Chunk {
-            blob: r.get(0)?,
-            size: r.get::<_, i64>(1)? as u64,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn chunks(conn: &Conn<'_>, nar_id: i64) -> Result<Vec<Chunk>> {
+    conn.query_all(
+        "SELECT blob, size FROM nar_chunks WHERE nar_id = ?1 ORDER BY seq",
+        params![nar_id],
+        |r| {
+            Ok(Chunk {
+                blob: r.get(0)?,
+                size: r.get::<i64>(1)? as u64,
+            })
+        },
+    )
 }
 
 /// Publishes a store path in a cache. A path already published keeps its
 /// row: a served narinfo never changes until the path is deleted (the
 /// first writer wins). Returns whether this call published it.
 pub fn insert_path(
-    conn: &Connection,
+    conn: &Conn<'_>,
     cache_id: i64,
     hash_part: &str,
     store_path: &str,
@@ -135,61 +137,60 @@ pub fn insert_path(
 
 /// The NarHash a cache publishes for a path, if it has the path.
 pub fn published_nar_hash(
-    conn: &Connection,
+    conn: &Conn<'_>,
     cache_id: i64,
     hash_part: &str,
 ) -> Result<Option<String>> {
-    let mut stmt = conn.prepare_cached(
+    conn.query_opt(
         "SELECT n.nar_hash FROM paths p JOIN nars n ON n.id = p.nar_id
          WHERE p.cache_id = ?1 AND p.hash_part = ?2",
-    )?;
-    Ok(stmt
-        .query_row(params![cache_id, hash_part], |r| r.get(0))
-        .optional()?)
+        params![cache_id, hash_part],
+        |r| r.get(0),
+    )
 }
 
 /// The caches that publish NAR `nar_id`: (name, public).
-pub fn caches_publishing(conn: &Connection, nar_id: i64) -> Result<Vec<(String, bool)>> {
-    let mut stmt = conn.prepare_cached(
+pub fn caches_publishing(conn: &Conn<'_>, nar_id: i64) -> Result<Vec<(String, bool)>> {
+    conn.query_all(
         "SELECT DISTINCT c.name, c.public FROM paths p JOIN caches c ON c.id = p.cache_id
          WHERE p.nar_id = ?1",
-    )?;
-    let rows = stmt.query_map([nar_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![nar_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// The signed narinfo text of a path in a cache.
-pub fn narinfo(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<Option<String>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT narinfo FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
-    Ok(stmt
-        .query_row(params![cache_id, hash_part], |r| r.get(0))
-        .optional()?)
+pub fn narinfo(conn: &Conn<'_>, cache_id: i64, hash_part: &str) -> Result<Option<String>> {
+    conn.query_opt(
+        "SELECT narinfo FROM paths WHERE cache_id = ?1 AND hash_part = ?2",
+        params![cache_id, hash_part],
+        |r| r.get(0),
+    )
 }
 
 /// Whether a cache holds a path with this hash part.
-pub fn has_path(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<bool> {
-    let mut stmt =
-        conn.prepare_cached("SELECT 1 FROM paths WHERE cache_id = ?1 AND hash_part = ?2")?;
-    Ok(stmt.exists(params![cache_id, hash_part])?)
+pub fn has_path(conn: &Conn<'_>, cache_id: i64, hash_part: &str) -> Result<bool> {
+    conn.exists(
+        "SELECT 1 FROM paths WHERE cache_id = ?1 AND hash_part = ?2",
+        params![cache_id, hash_part],
+    )
 }
 
 /// The NAR a cache serves under this file hash (`sha256:<nix32>`), with
 /// its chunks. `None` unless a path of this cache references it, so one
 /// cache's NARs are never readable through another.
 pub fn nar_for_file(
-    conn: &Connection,
+    conn: &Conn<'_>,
     cache_id: i64,
     file_hash: &str,
 ) -> Result<Option<(NarRow, Vec<Chunk>)>> {
-    let mut stmt = conn.prepare_cached(
+    let Some(nar) = conn.query_opt(
         "SELECT n.id, n.nar_hash, n.nar_size, n.compression, n.file_hash, n.file_size
          FROM nars n WHERE n.file_hash = ?1
            AND EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = n.id AND p.cache_id = ?2)",
-    )?;
-    let Some(nar) = stmt
-        .query_row(params![file_hash, cache_id], nar_from_row)
-        .optional()?
+        params![file_hash, cache_id],
+        nar_from_row,
+    )?
     else {
         return Ok(None);
     };
@@ -199,9 +200,10 @@ pub fn nar_for_file(
 
 /// Stores the `.ls` listing (zstd-compressed JSON) of a NAR, keeping an
 /// existing one (a NAR's listing never changes).
-pub fn insert_listing(conn: &Connection, nar_id: i64, listing: &[u8]) -> Result<()> {
+pub fn insert_listing(conn: &Conn<'_>, nar_id: i64, listing: &[u8]) -> Result<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO nar_listings (nar_id, listing) VALUES (?1, ?2)",
+        "INSERT INTO nar_listings (nar_id, listing) VALUES (?1, ?2)
+         ON CONFLICT (nar_id) DO NOTHING",
         params![nar_id, listing],
     )?;
     Ok(())
@@ -209,19 +211,18 @@ pub fn insert_listing(conn: &Connection, nar_id: i64, listing: &[u8]) -> Result<
 
 /// The stored listing (zstd-compressed JSON) of the NAR a cache serves for
 /// a path hash part, if both exist.
-pub fn listing(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<Option<Vec<u8>>> {
-    let mut stmt = conn.prepare_cached(
+pub fn listing(conn: &Conn<'_>, cache_id: i64, hash_part: &str) -> Result<Option<Vec<u8>>> {
+    conn.query_opt(
         "SELECT l.listing FROM paths p JOIN nar_listings l ON l.nar_id = p.nar_id
          WHERE p.cache_id = ?1 AND p.hash_part = ?2",
-    )?;
-    Ok(stmt
-        .query_row(params![cache_id, hash_part], |r| r.get(0))
-        .optional()?)
+        params![cache_id, hash_part],
+        |r| r.get(0),
+    )
 }
 
 /// Unpublishes a path from a cache. Returns whether it was there. The NAR
 /// stays until garbage collection finds no cache referencing it.
-pub fn delete_path(conn: &Connection, cache_id: i64, hash_part: &str) -> Result<bool> {
+pub fn delete_path(conn: &Conn<'_>, cache_id: i64, hash_part: &str) -> Result<bool> {
     let n = conn.execute(
         "DELETE FROM paths WHERE cache_id = ?1 AND hash_part = ?2",
         params![cache_id, hash_part],

@@ -2,32 +2,34 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, params};
-
+use super::{Conn, params};
 use crate::error::Result;
 
 /// Records a revoked id (revoking twice is a no-op).
-pub fn insert(conn: &Connection, id: &str) -> Result<()> {
+pub fn insert(conn: &Conn<'_>, id: &str) -> Result<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)",
+        "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
         params![id, super::now()],
     )?;
     Ok(())
 }
 
 /// Every revoked id.
-pub fn all(conn: &Connection) -> Result<HashSet<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM revoked_ids")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn all(conn: &Conn<'_>) -> Result<HashSet<String>> {
+    Ok(conn
+        .query_all("SELECT id FROM revoked_ids", &[], |r| r.get(0))?
+        .into_iter()
+        .collect())
 }
 
 /// A cheap fingerprint of the table, to notice changes made by another
-/// process (`ferry token revoke` against the data dir).
-pub fn generation(conn: &Connection) -> Result<(i64, i64)> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM revoked_ids",
-        [],
+/// process (`ferry token revoke` against the data dir) or another
+/// instance sharing the database. Rows are only ever added, so the count
+/// moves with each revocation.
+pub fn generation(conn: &Conn<'_>) -> Result<(i64, i64)> {
+    conn.query_one(
+        "SELECT COUNT(*), COALESCE(MAX(revoked_at), 0) FROM revoked_ids",
+        &[],
         |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    )
 }

@@ -1,6 +1,6 @@
 //! The `tus_uploads` table: what the tus door remembers of an upload.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{Conn, params};
 
 use crate::error::Result;
 
@@ -41,7 +41,7 @@ pub struct TusRow {
 }
 
 /// Inserts a row.
-pub fn insert(conn: &Connection, r: &TusRow) -> Result<()> {
+pub fn insert(conn: &Conn<'_>, r: &TusRow) -> Result<()> {
     conn.execute(
         "INSERT INTO tus_uploads (id, kind, upload_length, metadata, concat) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![r.id, r.kind.as_str(), r.upload_length.map(|l| l as i64), r.metadata, r.concat],
@@ -50,26 +50,25 @@ pub fn insert(conn: &Connection, r: &TusRow) -> Result<()> {
 }
 
 /// The row of upload `id`.
-pub fn get(conn: &Connection, id: &str) -> Result<Option<TusRow>> {
-    let mut stmt = conn.prepare_cached(
+pub fn get(conn: &Conn<'_>, id: &str) -> Result<Option<TusRow>> {
+    conn.query_opt(
         "SELECT id, kind, upload_length, metadata, concat FROM tus_uploads WHERE id = ?1",
-    )?;
-    Ok(stmt
-        .query_row([id], |r| {
+        params![id],
+        |r| {
             let kind: String = r.get(1)?;
             Ok(TusRow {
                 id: r.get(0)?,
                 kind: TusKind::parse(&kind),
-                upload_length: r.get::<_, Option<i64>>(2)?.map(|l| l as u64),
+                upload_length: r.get::<Option<i64>>(2)?.map(|l| l as u64),
                 metadata: r.get(3)?,
                 concat: r.get(4)?,
             })
-        })
-        .optional()?)
+        },
+    )
 }
 
 /// Sets a deferred length.
-pub fn set_length(conn: &Connection, id: &str, length: u64) -> Result<()> {
+pub fn set_length(conn: &Conn<'_>, id: &str, length: u64) -> Result<()> {
     conn.execute(
         "UPDATE tus_uploads SET upload_length = ?2 WHERE id = ?1",
         params![id, length as i64],

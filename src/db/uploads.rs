@@ -1,6 +1,6 @@
 //! The `uploads` and `upload_parts` tables: sessions not yet published.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use super::{Conn, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -79,7 +79,7 @@ pub struct PartRow {
 
 const COLUMNS: &str = "id, cache_id, store_path, nar_hash, nar_size, meta, compression, state, total_parts, error, created_at, expires_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<UploadRow> {
+fn from_row(r: &Row<'_>) -> Result<UploadRow> {
     let meta: String = r.get(5)?;
     let state: String = r.get(7)?;
     let error: Option<String> = r.get(9)?;
@@ -88,11 +88,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<UploadRow> {
         cache_id: r.get(1)?,
         store_path: r.get(2)?,
         nar_hash: r.get(3)?,
-        nar_size: r.get::<_, i64>(4)? as u64,
+        nar_size: r.get::<i64>(4)? as u64,
         meta: serde_json::from_str(&meta).unwrap_or_default(),
         compression: r.get(6)?,
         state: UploadState::parse(&state),
-        total_parts: r.get::<_, Option<i64>>(8)?.map(|n| n as u32),
+        total_parts: r.get::<Option<i64>>(8)?.map(|n| n as u32),
         error: error.and_then(|e| serde_json::from_str(&e).ok()),
         created_at: r.get(10)?,
         expires_at: r.get(11)?,
@@ -100,7 +100,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<UploadRow> {
 }
 
 /// Inserts a new upload.
-pub fn insert(conn: &Connection, u: &UploadRow) -> Result<()> {
+pub fn insert(conn: &Conn<'_>, u: &UploadRow) -> Result<()> {
     let meta = serde_json::to_string(&u.meta).map_err(Error::internal)?;
     conn.execute(
         &format!("INSERT INTO uploads ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
@@ -123,52 +123,60 @@ pub fn insert(conn: &Connection, u: &UploadRow) -> Result<()> {
 }
 
 /// The upload with this id.
-pub fn get(conn: &Connection, id: &str) -> Result<Option<UploadRow>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM uploads WHERE id = ?1"))?;
-    Ok(stmt.query_row([id], from_row).optional()?)
+pub fn get(conn: &Conn<'_>, id: &str) -> Result<Option<UploadRow>> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM uploads WHERE id = ?1"),
+        params![id],
+        from_row,
+    )
 }
 
 /// Uploads of a cache that are not committed, oldest first.
-pub fn list_uncommitted(conn: &Connection, cache_id: i64) -> Result<Vec<UploadRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM uploads WHERE cache_id = ?1 AND state != 'committed' ORDER BY id"
-    ))?;
-    let rows = stmt.query_map([cache_id], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn list_uncommitted(conn: &Conn<'_>, cache_id: i64) -> Result<Vec<UploadRow>> {
+    conn.query_all(
+        &format!(
+            "SELECT {COLUMNS} FROM uploads WHERE cache_id = ?1 AND state != 'committed' ORDER BY id"
+        ),
+        params![cache_id],
+        from_row,
+    )
 }
 
 /// Uploads in a given state (e.g. `verifying` ones to resume at start-up).
-pub fn in_state(conn: &Connection, state: UploadState) -> Result<Vec<UploadRow>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM uploads WHERE state = ?1"))?;
-    let rows = stmt.query_map([state.as_str()], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn in_state(conn: &Conn<'_>, state: UploadState) -> Result<Vec<UploadRow>> {
+    conn.query_all(
+        &format!("SELECT {COLUMNS} FROM uploads WHERE state = ?1"),
+        params![state.as_str()],
+        from_row,
+    )
 }
 
 /// Ids of uploads past their expiry.
-pub fn expired(conn: &Connection, now: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE expires_at <= ?1")?;
-    let rows = stmt.query_map([now], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn expired(conn: &Conn<'_>, now: i64) -> Result<Vec<String>> {
+    conn.query_all(
+        "SELECT id FROM uploads WHERE expires_at <= ?1",
+        params![now],
+        |r| r.get(0),
+    )
 }
 
 /// The parts of an upload, by number.
-pub fn parts(conn: &Connection, id: &str) -> Result<Vec<PartRow>> {
-    let mut stmt = conn.prepare_cached(
+pub fn parts(conn: &Conn<'_>, id: &str) -> Result<Vec<PartRow>> {
+    conn.query_all(
         "SELECT n, size, blake3 FROM upload_parts WHERE upload_id = ?1 ORDER BY n",
-    )?;
-    let rows = stmt.query_map([id], |r| {
-        Ok(PartRow {
-            n: r.get::<_, i64>(0)? as u32,
-            size: r.get::<_, i64>(1)? as u64,
-            blake3: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![id],
+        |r| {
+            Ok(PartRow {
+                n: r.get::<i64>(0)? as u32,
+                size: r.get::<i64>(1)? as u64,
+                blake3: r.get(2)?,
+            })
+        },
+    )
 }
 
 /// Records a part (replacing an earlier one with the same number).
-pub fn upsert_part(conn: &Connection, id: &str, p: &PartRow) -> Result<()> {
+pub fn upsert_part(conn: &Conn<'_>, id: &str, p: &PartRow) -> Result<()> {
     conn.execute(
         "INSERT INTO upload_parts (upload_id, n, size, blake3) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (upload_id, n) DO UPDATE SET size = excluded.size, blake3 = excluded.blake3",
@@ -178,9 +186,10 @@ pub fn upsert_part(conn: &Connection, id: &str, p: &PartRow) -> Result<()> {
 }
 
 /// Moves an upload's expiry forward (any request for it counts as activity).
-pub fn touch(conn: &Connection, id: &str, expires_at: i64) -> Result<()> {
+pub fn touch(conn: &Conn<'_>, id: &str, expires_at: i64) -> Result<()> {
     conn.execute(
-        "UPDATE uploads SET expires_at = MAX(expires_at, ?2) WHERE id = ?1",
+        "UPDATE uploads SET expires_at = CASE WHEN expires_at > ?2 THEN expires_at ELSE ?2 END
+         WHERE id = ?1",
         params![id, expires_at],
     )?;
     Ok(())
@@ -188,7 +197,7 @@ pub fn touch(conn: &Connection, id: &str, expires_at: i64) -> Result<()> {
 
 /// Sets state, parts count and error of an upload.
 pub fn set_state(
-    conn: &Connection,
+    conn: &Conn<'_>,
     id: &str,
     state: UploadState,
     total_parts: Option<u32>,
@@ -203,10 +212,10 @@ pub fn set_state(
 
 /// Moves an upload that was verifying back to `open` (a fault stopped
 /// its verification; the same upload can be completed again).
-pub fn reopen(conn: &Connection, id: &str) -> Result<()> {
+pub fn reopen(conn: &Conn<'_>, id: &str) -> Result<()> {
     conn.execute(
         "UPDATE uploads SET state = 'open' WHERE id = ?1 AND state = 'verifying'",
-        [id],
+        params![id],
     )?;
     Ok(())
 }
@@ -214,7 +223,7 @@ pub fn reopen(conn: &Connection, id: &str) -> Result<()> {
 /// Drops the row of part `n` if it still names `blake3`: the file was
 /// found lost or changed, and the client must send the part again.
 /// `false` when the part was replaced meanwhile.
-pub fn drop_part_if(conn: &Connection, id: &str, n: u32, blake3: &str) -> Result<bool> {
+pub fn drop_part_if(conn: &Conn<'_>, id: &str, n: u32, blake3: &str) -> Result<bool> {
     let k = conn.execute(
         "DELETE FROM upload_parts WHERE upload_id = ?1 AND n = ?2 AND blake3 = ?3",
         params![id, n, blake3],
@@ -223,23 +232,24 @@ pub fn drop_part_if(conn: &Connection, id: &str, n: u32, blake3: &str) -> Result
 }
 
 /// Drops every part row of an upload (it was published).
-pub fn delete_parts(conn: &Connection, id: &str) -> Result<()> {
-    conn.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [id])?;
+pub fn delete_parts(conn: &Conn<'_>, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM upload_parts WHERE upload_id = ?1", params![id])?;
     Ok(())
 }
 
 /// Records who opened an upload (see `schema/0006_upload_owners.sql`).
-pub fn set_owner(conn: &Connection, id: &str, owner: &str) -> Result<()> {
+pub fn set_owner(conn: &Conn<'_>, id: &str, owner: &str) -> Result<()> {
     conn.execute(
-        "INSERT OR REPLACE INTO upload_owners (upload_id, owner) VALUES (?1, ?2)",
+        "INSERT INTO upload_owners (upload_id, owner) VALUES (?1, ?2)
+         ON CONFLICT (upload_id) DO UPDATE SET owner = excluded.owner",
         params![id, owner],
     )?;
     Ok(())
 }
 
 /// Uploads `owner` has open (not settled, not expired).
-pub fn open_of_owner(conn: &Connection, owner: &str, now: i64) -> Result<u64> {
-    let n: i64 = conn.query_row(
+pub fn open_of_owner(conn: &Conn<'_>, owner: &str, now: i64) -> Result<u64> {
+    let n: i64 = conn.query_one(
         "SELECT COUNT(*) FROM upload_owners o JOIN uploads u ON u.id = o.upload_id
          WHERE o.owner = ?1 AND u.state IN ('open', 'verifying') AND u.expires_at > ?2",
         params![owner, now],
@@ -249,28 +259,32 @@ pub fn open_of_owner(conn: &Connection, owner: &str, now: i64) -> Result<u64> {
 }
 
 /// How many uploads are in each state (for `/metrics`).
-pub fn count_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
-    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn count_by_state(conn: &Conn<'_>) -> Result<Vec<(String, i64)>> {
+    conn.query_all(
+        "SELECT state, COUNT(*) FROM uploads GROUP BY state",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Removes an upload and its part rows.
-pub fn delete(conn: &Connection, id: &str) -> Result<()> {
-    conn.execute("DELETE FROM uploads WHERE id = ?1", [id])?;
+pub fn delete(conn: &Conn<'_>, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM uploads WHERE id = ?1", params![id])?;
     Ok(())
 }
 
 /// Ids of every upload of a cache, whatever its state.
-pub fn ids_of_cache(conn: &Connection, cache_id: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE cache_id = ?1")?;
-    let rows = stmt.query_map([cache_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn ids_of_cache(conn: &Conn<'_>, cache_id: i64) -> Result<Vec<String>> {
+    conn.query_all(
+        "SELECT id FROM uploads WHERE cache_id = ?1",
+        params![cache_id],
+        |r| r.get(0),
+    )
 }
 
 /// Moves an open (or already verifying) upload to `verifying` with its
 /// parts count. `false` when it is committed or failed already.
-pub fn claim_for_verifying(conn: &Connection, id: &str, total: u32) -> Result<bool> {
+pub fn claim_for_verifying(conn: &Conn<'_>, id: &str, total: u32) -> Result<bool> {
     let n = conn.execute(
         "UPDATE uploads SET state = 'verifying', total_parts = ?2
          WHERE id = ?1 AND state IN ('open', 'verifying')",

@@ -26,7 +26,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rusqlite::Transaction;
+use crate::db::Tx;
 
 use super::verifier::{Compression, Verdict, Verifier};
 use super::{Completion, Engine};
@@ -653,7 +653,7 @@ pub fn render_narinfo(
 
 /// Writes the path row for a verified NAR (inside the caller's transaction).
 fn publish_path(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     cache: &CacheRow,
     path: &StorePath,
     meta: &UploadMeta,

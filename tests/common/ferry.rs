@@ -16,6 +16,9 @@ pub struct InProcess {
     pub url: String,
     pub admin_token: String,
     pub data_dir: tempfile::TempDir,
+    /// The PostgreSQL database holding the metadata; `None`: SQLite in the
+    /// data dir.
+    pub database_url: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -26,14 +29,18 @@ impl InProcess {
         Self::start_with(|_| {})
     }
 
-    /// Starts a server after `tweak` adjusts the config.
+    /// Starts a server after `tweak` adjusts the config. Its metadata is
+    /// in a fresh PostgreSQL database when [`super::postgres::enabled`].
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> InProcess {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = Config {
             data_dir: data_dir.path().to_owned(),
+            database_url: super::postgres::enabled()
+                .then(|| super::postgres::shared().new_database()),
             ..Config::default()
         };
         tweak(&mut cfg);
+        let database_url = cfg.database_url.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -62,9 +69,19 @@ impl InProcess {
             url,
             admin_token,
             data_dir,
+            database_url,
             stop: Some(tx),
             thread: Some(thread),
         }
+    }
+
+    /// The server's metadata database, opened beside it.
+    pub fn db(&self) -> ferry::db::Db {
+        ferry::db::Db::open_configured(
+            self.database_url.as_deref(),
+            &self.data_dir.path().join("ferry.db"),
+        )
+        .expect("open the server's database")
     }
 
     /// Mints a token with the server's root key.

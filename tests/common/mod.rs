@@ -33,6 +33,7 @@ pub mod http;
 pub mod nginx;
 pub mod nix;
 pub mod paths;
+pub mod postgres;
 pub mod served;
 pub mod tools;
 pub mod upstream;

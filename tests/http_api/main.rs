@@ -297,3 +297,20 @@ pub fn raw_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim())
 }
+
+/// The servers run on the engine the harness was asked for: PostgreSQL in
+/// `http_api_pg` (or with `FERRY_TEST_DATABASE=postgres`), else SQLite.
+#[test]
+fn the_servers_keep_metadata_in_the_engine_asked_for() {
+    let s = InProcess::start();
+    let pg = common::postgres::enabled();
+    assert_eq!(
+        pg,
+        option_env!("CARGO_CRATE_NAME") == Some("http_api_pg")
+            || std::env::var("FERRY_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+    );
+    assert_eq!(s.database_url.is_some(), pg);
+    assert_eq!(s.data_dir.path().join("ferry.db").exists(), !pg);
+    let engine = s.db().engine();
+    assert_eq!(engine == ferry::db::Engine::Postgres, pg, "{engine:?}");
+}

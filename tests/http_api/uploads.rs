@@ -505,7 +505,7 @@ fn the_served_narinfo_carries_the_signature_nix_itself_made() {
     let s = InProcess::start();
     // A cache holding the key Nix signed with (inserted before the server
     // ever looks the name up).
-    let db = ferry::db::Db::open(&s.data_dir.path().join("ferry.db")).unwrap();
+    let db = s.db();
     db.call_blocking(|c| {
         ferry::db::caches::insert(
             c,

@@ -9,7 +9,7 @@ use crate::server::AppState;
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     state
         .db
-        .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .call(|c| c.query_one("SELECT 1", &[], |r| r.get::<i64>(0)))
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))

@@ -81,7 +81,8 @@ pub async fn get(
     let cache_id = cache.id;
     let (nar, chunks) = state
         .db
-        .lookup(|c| nars::nar_for_file(c, cache_id, &file_hash))?
+        .lookup(move |c| nars::nar_for_file(c, cache_id, &file_hash))
+        .await?
         .ok_or_else(not_found)?;
     state.access.nar(cache.id, nar.id);
     let chunks: Vec<ChunkRef> = chunks

@@ -49,9 +49,11 @@ pub async fn narinfo(
     let (name, hash) = path.into_inner();
     let cache = access::cache(&state, &req, &name, Operation::Pull).await?;
     validate_hash_part(&hash)?;
+    let (cache_id, key) = (cache.id, hash.clone());
     let text = state
         .db
-        .lookup(|c| nars::narinfo(c, cache.id, &hash))?
+        .lookup(move |c| nars::narinfo(c, cache_id, &key))
+        .await?
         .ok_or_else(|| Error::NotFound(format!("{hash}.narinfo")))?;
     state.access.narinfo(cache.id, &hash);
     let mut res = HttpResponse::Ok();
