@@ -192,17 +192,10 @@ async fn upload(s3: &AmazonS3, at: &ObjectPath, file: &Path) -> io::Result<()> {
 
 impl BlobStore for S3Store {
     fn adopt(&self, id: &str, file: &Path) -> io::Result<()> {
-        let at = object(id)?;
-        let s3 = self.s3.clone();
-        let file_owned = file.to_owned();
-        self.wait(async move {
-            // The same bytes already stored: keep them (the database's
-            // claim on the blob, made before this call, keeps GC away).
-            if head(&s3, &at).await?.is_none() {
-                upload(&s3, &at, &file_owned).await?;
-            }
-            Ok(())
-        })?;
+        // The same bytes already stored (an early copy, another NAR's
+        // blob): kept; the database's claim, made before this call, keeps
+        // GC away from them.
+        self.preload(id, file)?;
         std::fs::remove_file(file)
     }
 
