@@ -361,6 +361,28 @@ let
     };
   };
 
+  # The server with its blobs in S3, credentials from files.
+  nixosS3 = evalModule {
+    file = ../../deploy/nixos/module.nix;
+    prefix = [
+      "services"
+      "ferry"
+    ];
+    defs = {
+      enable = true;
+      package = ferryPackage;
+      settings.s3 = {
+        endpoint = "http://127.0.0.1:3900";
+        bucket = "ferry";
+        region = "garage";
+      };
+      s3Credentials = {
+        accessKeyIdFile = "/run/secrets/s3-id";
+        secretAccessKeyFile = "/run/secrets/s3-secret";
+      };
+    };
+  };
+
   # Assertions that fail, by message prefix.
   failing = r: map (a: a.message) (filter (a: !a.assertion) r.config.assertions);
   hmWith =
@@ -503,6 +525,13 @@ let
       "ferry-netrc"
     ];
     both-server-unit = builtins.deepSeq nixosBoth.config true;
+    s3-evaluates = builtins.deepSeq nixosS3.config true;
+    s3-credentials-loaded = nixosS3.config.systemd.services.ferry.serviceConfig.LoadCredential == [
+      "s3-access-key-id:/run/secrets/s3-id"
+      "s3-secret-access-key:/run/secrets/s3-secret"
+    ];
+    s3-path-style-default = nixosS3.values.settings.s3.path-style == true;
+    no-s3-no-credentials = nixosBoth.config.systemd.services.ferry.serviceConfig.LoadCredential == [ ];
     both-firewall = nixosBoth.config.networking.firewall.allowedTCPPorts == [ 8095 ];
     both-settings-defaults = nixosBoth.values.settings.data-dir == "/var/lib/ferry" && nixosBoth.values.settings.zstd-level == 3;
     both-substituters = nixosBoth.config.nix.settings.substituters == [
