@@ -154,24 +154,24 @@ impl Machine {
     }
 }
 
-fn output_ok(c: &mut Command) -> (String, String) {
+/// Runs `c`, asserts it succeeds (`ok`) or fails, returns (stdout, stderr).
+fn output(c: &mut Command, ok: bool) -> (String, String) {
     let out = c.output().expect("spawn");
     let (o, e) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert!(out.status.success(), "{c:?} failed:\n{o}\n{e}");
+    let said = if ok { "failed" } else { "should have failed" };
+    assert_eq!(out.status.success(), ok, "{c:?} {said}:\n{o}\n{e}");
     (o, e)
 }
 
+fn output_ok(c: &mut Command) -> (String, String) {
+    output(c, true)
+}
+
 fn output_err(c: &mut Command) -> (String, String) {
-    let out = c.output().expect("spawn");
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(!out.status.success(), "{c:?} should have failed:\n{o}\n{e}");
-    (o, e)
+    output(c, false)
 }
 
 #[test]

@@ -49,6 +49,29 @@ fn bucket_blobs(g: &Garage) -> Vec<String> {
         .collect()
 }
 
+/// Writes `DIR/ferry.toml`: data in `DIR/data`, the `top` keys, then an
+/// `[s3]` table for `g` ending with `credentials` (key lines).
+fn write_config(dir: &Path, g: &Garage, top: &str, credentials: &str) -> std::path::PathBuf {
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\n{top}\n[s3]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n{credentials}",
+            dir.join("data"),
+            g.endpoint,
+            g.bucket,
+            g.region
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `[s3]` lines giving the key itself.
+fn key_lines(id: &str, secret: &str) -> String {
+    format!("access-key-id = {id:?}\nsecret-access-key = {secret:?}\n")
+}
+
 fn adopt_bytes(store: &S3Store, dir: &Path, bytes: &[u8]) -> String {
     let id = blake3::hash(bytes).to_hex().to_string();
     let file = dir.join(&id);
@@ -148,16 +171,12 @@ fn server_keeps_blobs_in_garage() {
     std::fs::write(&id_file, format!("{}\n", g.access_key_id)).unwrap();
     std::fs::write(&secret_file, &g.secret_access_key).unwrap();
     let data = dir.path().join("data");
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data-dir = {data:?}\n\n[s3]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
-             access-key-id-file = {id_file:?}\nsecret-access-key-file = {secret_file:?}\n",
-            g.endpoint, g.bucket, g.region
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &g,
+        "",
+        &format!("access-key-id-file = {id_file:?}\nsecret-access-key-file = {secret_file:?}\n"),
+    );
     let config_s = config.to_str().unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--check-config", "--config", config_s])
@@ -261,21 +280,12 @@ fn server_keeps_blobs_in_garage() {
 fn server_refuses_to_start_with_a_wrong_s3_secret() {
     let g = start_garage();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data-dir = {:?}\n\n[s3]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
-             access-key-id = {:?}\nsecret-access-key = {:?}\n",
-            dir.path().join("data"),
-            g.endpoint,
-            g.bucket,
-            g.region,
-            g.access_key_id,
-            "0".repeat(64)
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &g,
+        "",
+        &key_lines(&g.access_key_id, &"0".repeat(64)),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--config", config.to_str().unwrap()])
@@ -294,16 +304,12 @@ fn parts_are_preloaded_while_open_and_collected_when_abandoned() {
     let g = start_garage();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data-dir = {data:?}\norphan-grace-secs = 0\n\n[s3]\nendpoint = {:?}\nbucket = {:?}\n\
-             region = {:?}\naccess-key-id = {:?}\nsecret-access-key = {:?}\n",
-            g.endpoint, g.bucket, g.region, g.access_key_id, g.secret_access_key
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &g,
+        "orphan-grace-secs = 0\n",
+        &key_lines(&g.access_key_id, &g.secret_access_key),
+    );
     let config_s = config.to_str().unwrap();
     let server = ServerProcess::start_with(&data, free_port(), &[], &["--config", config_s]);
     let auth = format!(

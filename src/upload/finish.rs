@@ -58,7 +58,7 @@ struct Source {
     blake3: String,
 }
 
-/// Blobs moved into the store at once (uploads, for S3).
+/// Blobs moved into a remote store at once (uploads, for S3).
 const ADOPT_JOBS: usize = 4;
 
 /// Moves every source into the store, [`ADOPT_JOBS`] at a time; the first
@@ -77,20 +77,25 @@ fn adopt_all(
         }
     };
     let mut sources: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
-    let results: Vec<Result<bool>> = std::thread::scope(|scope| {
-        let chunk = sources.len().div_ceil(ADOPT_JOBS).max(1);
-        let handles: Vec<_> = sources
-            .chunks(chunk)
-            .map(|group| scope.spawn(move || group.iter().map(adopt).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Err(Error::internal("adopt panicked"))])
-            })
-            .collect()
-    });
+    // Moving into a local store is a rename: no threads for that.
+    let jobs = if store.preloads() { ADOPT_JOBS } else { 1 };
+    let results: Vec<Result<bool>> = if jobs == 1 || sources.len() < 2 {
+        sources.iter().map(adopt).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = sources
+                .chunks(sources.len().div_ceil(jobs))
+                .map(|group| scope.spawn(move || group.iter().map(adopt).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(Error::internal("adopt panicked"))])
+                })
+                .collect()
+        })
+    };
     for (i, r) in results.into_iter().enumerate() {
         if !r? {
             return Ok(Some(sources.swap_remove(i)));

@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::Engine;
-use crate::db::uploads::{self, PartRow, UploadState};
+use crate::db::uploads::{self, PartRow, UploadRow, UploadState};
 use crate::error::{Error, Result};
 use crate::store::fsync_dir;
 
@@ -325,7 +325,7 @@ impl Engine {
             size: received.size,
             blake3: received.blake3,
         };
-        self.record_part(id, tmp, part).await
+        self.record_part(id, tmp, part, parts_are_blobs(&row)).await
     }
 
     /// Takes a complete, fsynced local file as part `n` (Nix's PUT door).
@@ -346,15 +346,19 @@ impl Engine {
         })
         .await
         .map_err(Error::internal)??;
-        self.record_part(id, part.0, part.1).await
+        self.record_part(id, part.0, part.1, parts_are_blobs(&row))
+            .await
     }
 
-    /// Moves a received file into place as a part and records it.
+    /// Moves a received file into place as a part and records it. When
+    /// the part is one of the upload's blobs (`blob`), a remote store gets
+    /// an early copy.
     async fn record_part(
         self: &Arc<Self>,
         id: &str,
         file: PathBuf,
         part: PartRow,
+        blob: bool,
     ) -> Result<PartRow> {
         let key = id.to_owned();
         let n = part.n;
@@ -408,7 +412,7 @@ impl Engine {
         drop(gate);
         let engine = self.clone();
         let id = id.to_owned();
-        if self.store.preloads() {
+        if blob && self.store.preloads() {
             let (engine, id, blob) = (self.clone(), id.clone(), part.blake3.clone());
             let file = self.part_path(&id, n);
             self.rt
@@ -423,19 +427,21 @@ impl Engine {
     }
 }
 
+/// Whether an upload's parts are stored as they came (zstd: each part is
+/// a blob), not re-encoded into blobs of the server's making at publish.
+fn parts_are_blobs(row: &UploadRow) -> bool {
+    row.compression == "zstd"
+}
+
 impl Engine {
-    /// Copies a received part of a zstd upload into a remote blob store
-    /// while the upload is still open (parts of zstd uploads are its
-    /// blobs), [`super::PRELOADS`] at a time. Best effort: publish adopts (and
+    /// Copies a received part that is one of its upload's blobs into a
+    /// remote blob store while the upload is still open,
+    /// [`super::PRELOADS`] at a time. Best effort: publish adopts (and
     /// uploads) whatever is not there yet.
     async fn preload(self: &Arc<Self>, id: &str, file: PathBuf, blob: String) {
-        let zstd = matches!(self.get(id).await, Ok(row) if row.compression == "zstd");
         let Ok(_permit) = self.preloads.acquire().await else {
             return;
         };
-        if !zstd {
-            return;
-        }
         let store = self.store.clone();
         let done = tokio::task::spawn_blocking(move || store.preload(&blob, &file)).await;
         if let Ok(Err(e)) = done {

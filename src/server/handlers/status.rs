@@ -75,14 +75,18 @@ pub async fn page() -> HttpResponse {
 /// `GET /_api/v1/status`: what this viewer may see.
 pub async fn status(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
     let token = access::valid_token(&state, &req)?;
+    // Uploads are shown only to a token that may push: an anonymous
+    // visitor's poll does not read them at all.
+    let with_uploads = token.is_some();
     let (caches, uploads, last_gc) = state
         .db
-        .call(|c| {
-            Ok((
-                status::caches(c)?,
-                status::in_flight(c, db::now())?,
-                db::gc::last_run(c)?,
-            ))
+        .call(move |c| {
+            let uploads = if with_uploads {
+                status::in_flight(c, db::now())?
+            } else {
+                vec![]
+            };
+            Ok((status::caches(c)?, uploads, db::gc::last_run(c)?))
         })
         .await?;
     let token = token.as_deref();
