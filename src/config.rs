@@ -81,6 +81,11 @@ pub struct Config {
     /// Keep blobs in an S3-compatible bucket instead of `DATA-DIR/blobs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
+    /// The token root key (created, mode 0600, on first start when
+    /// absent); unset: `DATA-DIR/root.key`. Instances that serve one set
+    /// of caches name the same file (or a copy of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_file: Option<PathBuf>,
 }
 
 /// The `[s3]` table: an S3-compatible bucket for blobs (Garage, R2, AWS,
@@ -202,6 +207,7 @@ impl Default for Config {
             metrics_listen: None,
             database_url: None,
             s3: None,
+            root_key_file: None,
         }
     }
 }

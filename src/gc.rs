@@ -148,7 +148,8 @@ impl Collector {
 
     /// Deletes store files that no row knows, once older than the grace.
     /// Each is checked again under the writer, since a publish records
-    /// its blobs (under the writer) before it moves them in.
+    /// its blobs (under the writer) before it moves them in, and a part
+    /// row (which also keeps its blob) is written after its copy.
     async fn sweep_unknown_blobs(&self) -> Result<u64> {
         let known = self.db.call(blobs::all).await?;
         let store = self.store.clone();
@@ -172,8 +173,14 @@ impl Collector {
         self.db
             .write(move |tx| {
                 let mut n = 0;
+                let now = SystemTime::now();
                 for id in candidates {
-                    if !blobs::is_known(tx, &id)? {
+                    // Written again since the listing (a part's copy in a
+                    // shared store, about to get its row): young again.
+                    let young = store
+                        .modified(&id)?
+                        .is_some_and(|m| now.duration_since(m).map_or(true, |a| a < grace));
+                    if !young && !blobs::is_known(tx, &id)? {
                         tracing::info!(blob = %id, "removing a store file no row knows");
                         store.delete(&id)?;
                         n += 1;

@@ -21,22 +21,35 @@ use crate::server::AppState;
 use crate::store::{LocalStore, S3Store, SharedStore};
 use crate::upload::{Engine, EngineConfig};
 
-/// Paths inside a data directory.
+/// Paths inside a data directory (and the root key, which may live
+/// outside it: `root-key-file`).
 pub struct DataDir {
     pub root: PathBuf,
+    key: PathBuf,
 }
 
 impl DataDir {
     pub fn new(root: &Path) -> DataDir {
         DataDir {
             root: root.to_owned(),
+            key: root.join("root.key"),
+        }
+    }
+    /// The data dir of a configuration, with its `root-key-file`.
+    pub fn of(cfg: &Config) -> DataDir {
+        DataDir {
+            key: cfg
+                .root_key_file
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("root.key")),
+            ..DataDir::new(&cfg.data_dir)
         }
     }
     pub fn db(&self) -> PathBuf {
         self.root.join("ferry.db")
     }
     pub fn root_key(&self) -> PathBuf {
-        self.root.join("root.key")
+        self.key.clone()
     }
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
@@ -82,7 +95,7 @@ pub fn admin_spec(subject: &str, validity: Duration) -> TokenSpec {
 
 /// Opens everything the server needs.
 pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
-    let dir = DataDir::new(&cfg.data_dir);
+    let dir = DataDir::of(cfg);
     let (root, created) = root_key(&dir)?;
     let db = Db::open_configured(cfg.database_url.as_deref(), &dir.db())
         .map_err(|e| anyhow::anyhow!("cannot open database: {e:?}"))?;

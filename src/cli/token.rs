@@ -102,7 +102,7 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
 
 fn mint(args: MintArgs) -> anyhow::Result<()> {
     let cfg = args.location.load()?;
-    let dir = DataDir::new(&cfg.data_dir);
+    let dir = DataDir::of(&cfg);
     if !dir.root_key().exists() {
         anyhow::bail!(
             "no root key at {}: run `ferry serve` once with this data dir, or pass --data-dir/--config",
@@ -180,7 +180,7 @@ fn fmt_time(t: SystemTime) -> String {
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let cfg = args.location.load()?;
-    let dir = DataDir::new(&cfg.data_dir);
+    let dir = DataDir::of(&cfg);
     let ids = auth::revocation_ids(&args.token)?;
     let mut blocks = auth::block_sources(&args.token)?;
     let authority = if blocks.is_empty() {
@@ -233,7 +233,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let cfg = args.location.load()?;
-    let dir = DataDir::new(&cfg.data_dir);
+    let dir = DataDir::of(&cfg);
     if cfg.database_url.is_none() && !dir.db().exists() {
         anyhow::bail!(
             "no database at {}: pass the server's --data-dir or --config",

@@ -41,12 +41,14 @@ pub fn release(conn: &Conn<'_>, upload_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Blobs nothing refers to: neither a NAR nor an upload's claim.
+/// Blobs nothing refers to: neither a NAR, nor an upload's claim, nor a
+/// part row (whose copy a shared store holds under the same name).
 pub fn unreferenced(conn: &Conn<'_>) -> Result<Vec<(String, u64)>> {
     conn.query_all(
         "SELECT id, size FROM blobs b
          WHERE NOT EXISTS (SELECT 1 FROM nar_chunks c WHERE c.blob = b.id)
-           AND NOT EXISTS (SELECT 1 FROM upload_blobs u WHERE u.blob = b.id)",
+           AND NOT EXISTS (SELECT 1 FROM upload_blobs u WHERE u.blob = b.id)
+           AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.blake3 = b.id)",
         &[],
         |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64)),
     )
@@ -58,17 +60,23 @@ pub fn forget(conn: &Conn<'_>, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether a blob has a row.
+/// Whether a row knows the blob: its own, or a part row naming it (a
+/// shared store holds each part under its blake3 until it publishes).
 pub fn is_known(conn: &Conn<'_>, id: &str) -> Result<bool> {
-    conn.exists("SELECT 1 FROM blobs WHERE id = ?1", params![id])
+    Ok(conn.exists("SELECT 1 FROM blobs WHERE id = ?1", params![id])?
+        || conn.exists("SELECT 1 FROM upload_parts WHERE blake3 = ?1", params![id])?)
 }
 
-/// Every blob with a row.
+/// Every blob a row knows (see [`is_known`]).
 pub fn all(conn: &Conn<'_>) -> Result<HashSet<String>> {
-    Ok(conn
+    let mut ids: HashSet<String> = conn
         .query_all("SELECT id FROM blobs", &[], |r| r.get(0))?
         .into_iter()
-        .collect())
+        .collect();
+    ids.extend(conn.query_all::<String>("SELECT DISTINCT blake3 FROM upload_parts", &[], |r| {
+        r.get(0)
+    })?);
+    Ok(ids)
 }
 
 /// Every blob a stored NAR is made of.

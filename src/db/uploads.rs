@@ -175,8 +175,20 @@ pub fn parts(conn: &Conn<'_>, id: &str) -> Result<Vec<PartRow>> {
     )
 }
 
-/// Records a part (replacing an earlier one with the same number).
+/// Records a part (replacing an earlier one with the same number) of an
+/// open upload. Checked here, under the writer, because another instance
+/// may have closed the upload for verification meanwhile.
 pub fn upsert_part(conn: &Conn<'_>, id: &str, p: &PartRow) -> Result<()> {
+    match get(conn, id)? {
+        Some(row) if row.state == UploadState::Open => {}
+        Some(row) => {
+            return Err(crate::error::Error::UploadClosed {
+                id: id.to_owned(),
+                state: row.state.as_str().to_owned(),
+            });
+        }
+        None => return Err(crate::error::Error::UploadNotFound(id.to_owned())),
+    }
     conn.execute(
         "INSERT INTO upload_parts (upload_id, n, size, blake3) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (upload_id, n) DO UPDATE SET size = excluded.size, blake3 = excluded.blake3",
@@ -282,13 +294,50 @@ pub fn ids_of_cache(conn: &Conn<'_>, cache_id: i64) -> Result<Vec<String>> {
     )
 }
 
-/// Moves an open (or already verifying) upload to `verifying` with its
-/// parts count. `false` when it is committed or failed already.
-pub fn claim_for_verifying(conn: &Conn<'_>, id: &str, total: u32) -> Result<bool> {
+/// Moves an open upload to `verifying` with its parts count, leased to
+/// the caller until `lease_until`; an upload already verifying is taken
+/// only once its lease has passed (its verifier stopped). `false` when it
+/// is committed or failed already, or another verifier holds it.
+pub fn claim_for_verifying(
+    conn: &Conn<'_>,
+    id: &str,
+    total: u32,
+    now: i64,
+    lease_until: i64,
+) -> Result<bool> {
     let n = conn.execute(
-        "UPDATE uploads SET state = 'verifying', total_parts = ?2
-         WHERE id = ?1 AND state IN ('open', 'verifying')",
-        params![id, total],
+        "UPDATE uploads SET state = 'verifying', total_parts = ?2, verify_lease = ?4
+         WHERE id = ?1 AND (state = 'open' OR (state = 'verifying' AND verify_lease <= ?3))",
+        params![id, total, now, lease_until],
     )?;
     Ok(n > 0)
+}
+
+/// Moves the lease of a verifying upload forward.
+pub fn renew_lease(conn: &Conn<'_>, id: &str, lease_until: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE uploads SET verify_lease = ?2 WHERE id = ?1 AND state = 'verifying'",
+        params![id, lease_until],
+    )?;
+    Ok(())
+}
+
+/// Until when an upload's verification is leased (0: never leased).
+pub fn lease_of(conn: &Conn<'_>, id: &str) -> Result<i64> {
+    Ok(conn
+        .query_opt(
+            "SELECT verify_lease FROM uploads WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?
+        .unwrap_or(0))
+}
+
+/// Voids every lease (a lone server starting: nobody else verifies).
+pub fn clear_leases(conn: &Conn<'_>) -> Result<()> {
+    conn.execute(
+        "UPDATE uploads SET verify_lease = 0 WHERE state = 'verifying'",
+        &[],
+    )?;
+    Ok(())
 }

@@ -41,18 +41,19 @@ pub trait BlobStore: Send + Sync + 'static {
     fn list(&self) -> io::Result<Vec<BlobInfo>>;
     /// When a blob was last stored or re-stored; `None` if absent.
     fn modified(&self, id: &str) -> io::Result<Option<std::time::SystemTime>>;
-    /// Whether [`BlobStore::preload`] does anything (a remote store, where
-    /// copying a blob in while its upload is still open saves time at
-    /// publish).
-    fn preloads(&self) -> bool {
+    /// Whether the store is shared with other instances (a remote store):
+    /// then every part is copied in ([`BlobStore::copy_in`]) before it is
+    /// acknowledged, so any instance can fold it, and publish finds the
+    /// blobs of zstd uploads already there.
+    fn shared(&self) -> bool {
         false
     }
-    /// Copies `file` (whose blake3 is `id`) into the store, leaving the
-    /// file in place; [`BlobStore::adopt`] later finds the blob present.
-    /// No database row owns the copy yet: GC treats it as an unknown file
-    /// (removed after `orphan-grace-secs`), and adopt uploads again if it
-    /// went. A no-op where moving in is cheap.
-    fn preload(&self, _id: &str, _file: &Path) -> io::Result<()> {
+    /// Writes `file` (whose blake3 is `id`) into the store, leaving the
+    /// file in place; a blob already present is written again, so its
+    /// time is fresh. The part row written next owns the copy (GC keeps
+    /// every blob a part row names); until then GC's grace protects it.
+    /// A no-op where the store is not shared.
+    fn copy_in(&self, _id: &str, _file: &Path) -> io::Result<()> {
         Ok(())
     }
     /// Which of `ids` are absent (a backend may answer with one listing).

@@ -10,9 +10,10 @@
 //! Adopting a local file uploads it (one PUT up to [`MULTIPART_FROM`],
 //! a multipart upload in [`UPLOAD_CHUNK`] pieces above, never more than a
 //! few pieces in memory) and then removes the file: no second full local
-//! copy of a NAR is kept. Parts of zstd uploads are preloaded as they
-//! arrive (see [`BlobStore::preload`]), so publishing mostly finds its
-//! objects already there.
+//! copy of a NAR is kept. Every part is written to the bucket as it
+//! arrives, before it is acknowledged (see [`BlobStore::copy_in`]): any
+//! instance sharing the bucket can then fold it, and publishing a zstd
+//! upload finds its objects already there.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -192,27 +193,30 @@ async fn upload(s3: &AmazonS3, at: &ObjectPath, file: &Path) -> io::Result<()> {
 
 impl BlobStore for S3Store {
     fn adopt(&self, id: &str, file: &Path) -> io::Result<()> {
-        // The same bytes already stored (an early copy, another NAR's
+        // The same bytes already stored (the part's copy, another NAR's
         // blob): kept; the database's claim, made before this call, keeps
         // GC away from them.
-        self.preload(id, file)?;
+        let at = object(id)?;
+        let s3 = self.s3.clone();
+        let path = file.to_owned();
+        self.wait(async move {
+            if head(&s3, &at).await?.is_none() {
+                upload(&s3, &at, &path).await?;
+            }
+            Ok(())
+        })?;
         std::fs::remove_file(file)
     }
 
-    fn preloads(&self) -> bool {
+    fn shared(&self) -> bool {
         true
     }
 
-    fn preload(&self, id: &str, file: &Path) -> io::Result<()> {
+    fn copy_in(&self, id: &str, file: &Path) -> io::Result<()> {
         let at = object(id)?;
         let s3 = self.s3.clone();
         let file = file.to_owned();
-        self.wait(async move {
-            if head(&s3, &at).await?.is_none() {
-                upload(&s3, &at, &file).await?;
-            }
-            Ok(())
-        })
+        self.wait(async move { upload(&s3, &at, &file).await })
     }
 
     fn open(&self, id: &str, offset: u64) -> io::Result<Box<dyn Read + Send>> {

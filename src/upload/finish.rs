@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::db::Tx;
 
 use super::verifier::{Compression, Verdict, Verifier};
-use super::{Completion, Engine};
+use super::{Completion, Engine, Finished};
 use crate::db::caches::{self, CacheRow};
 use crate::db::nars::{self, Chunk, NarRow, NewNar};
 use crate::db::uploads::{self, UploadMeta, UploadRow, UploadState};
@@ -58,6 +58,14 @@ struct Source {
     blake3: String,
 }
 
+/// How long a verification stays leased to its instance without renewal
+/// (renewed every third of it while it runs).
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn lease_until() -> i64 {
+    crate::db::now() + LEASE.as_secs() as i64
+}
+
 /// Blobs moved into a remote store at once (uploads, for S3).
 const ADOPT_JOBS: usize = 4;
 
@@ -78,7 +86,7 @@ fn adopt_all(
     };
     let mut sources: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
     // Moving into a local store is a rename: no threads for that.
-    let jobs = if store.preloads() { ADOPT_JOBS } else { 1 };
+    let jobs = if store.shared() { ADOPT_JOBS } else { 1 };
     let results: Vec<Result<bool>> = if jobs == 1 || sources.len() < 2 {
         sources.iter().map(adopt).collect()
     } else {
@@ -111,6 +119,10 @@ enum Folded {
     Lost(Source),
     /// The fold stopped at this part number.
     Failed(Error, u32),
+    /// A local part file was not the part recorded (replaced through
+    /// another instance), and the shared store has the recorded one: the
+    /// file is gone now, fold again.
+    Again,
 }
 
 impl Engine {
@@ -124,6 +136,20 @@ impl Engine {
         let mut s = slot.state.lock().await;
         if s.failed.is_some() && !s.stale {
             return Ok(());
+        }
+        // The database is the record: parts may have come through another
+        // instance, or replaced one this verifier folded.
+        let key = id.to_owned();
+        let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
+        s.present = parts.iter().map(|p| p.n).collect();
+        let replaced = s.folded.iter().enumerate().any(|(i, b)| {
+            parts
+                .iter()
+                .find(|p| p.n as usize == i + 1)
+                .is_none_or(|p| &p.blake3 != b)
+        });
+        if replaced {
+            s.stale = true;
         }
         let needs_reset = s.stale
             || s.verifier.is_none()
@@ -147,6 +173,7 @@ impl Engine {
             s.stale = false;
             s.failed = None;
             s.verdict_at = None;
+            s.folded.clear();
             let compression = Compression::parse(&row.compression).unwrap_or(Compression::Zstd);
             // A file of its own per verifier: a reset never truncates a
             // file an earlier verifier wrote.
@@ -178,8 +205,6 @@ impl Engine {
             s.verifier = Some(verifier);
             return Ok(());
         }
-        let key = id.to_owned();
-        let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
         let sources: Vec<Source> = todo
             .iter()
             .filter_map(|&n| parts.iter().find(|p| p.n == n))
@@ -206,7 +231,23 @@ impl Engine {
         self.stats.verified(bytes, started.elapsed());
         s.touched = std::time::Instant::now();
         match folded {
-            Folded::Done => s.verifier = Some(verifier),
+            Folded::Done => {
+                s.verifier = Some(verifier);
+                let done: Vec<&crate::db::uploads::PartRow> =
+                    todo.iter().filter_map(|&n| parts.iter().find(|p| p.n == n)).collect();
+                s.folded.extend(done.iter().map(|p| p.blake3.clone()));
+                if self.store.shared() {
+                    // Folded, and in the shared store already: the local
+                    // copy has done its work (a new fold reads the store).
+                    let files: Vec<PathBuf> = done.iter().map(|p| self.part_path(id, p.n)).collect();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for f in files {
+                            let _ = std::fs::remove_file(f);
+                        }
+                    })
+                    .await;
+                }
+            }
             Folded::Failed(e, n) => {
                 if e.is_verdict() {
                     s.verdict_at = Some(n);
@@ -214,6 +255,11 @@ impl Engine {
                 s.failed = Some(e);
                 // The verifier is gone: so is its place in the budget.
                 s.permit = None;
+            }
+            Folded::Again => {
+                s.stale = true;
+                drop(s);
+                return Box::pin(self.advance(id, until)).await;
             }
             Folded::Lost(part) => {
                 tracing::warn!(
@@ -275,29 +321,7 @@ impl Engine {
         if !missing.is_empty() {
             return Err(Error::MissingParts { missing });
         }
-        let mut rx = {
-            let mut finishing = self.finishing.lock().map_err(Error::internal)?;
-            match finishing.get(id) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    finishing.insert(id.to_owned(), rx.clone());
-                    let engine = self.clone();
-                    let id = id.to_owned();
-                    self.rt.spawn(async move {
-                        let outcome = engine.finish(&id, total).await;
-                        if let Err(e) = &outcome {
-                            tracing::warn!(upload = %id, error = %e, "finishing an upload stopped; it stays open");
-                        }
-                        if let Ok(mut f) = engine.finishing.lock() {
-                            f.remove(&id);
-                        }
-                        let _ = tx.send(Some(outcome.err()));
-                    });
-                    rx
-                }
-            }
-        };
+        let mut rx = self.start_finishing(id, total)?;
         let fault = match tokio::time::timeout(wait, rx.wait_for(|d| d.is_some())).await {
             Err(_) => return Ok(Completion::Verifying),
             Ok(Err(_)) => None,
@@ -311,10 +335,79 @@ impl Engine {
                 narinfo_url: self.narinfo_url(&row).await?,
             }),
             UploadState::Failed => Err(Error::UploadFailed(row.error.unwrap_or_default())),
+            // Another instance holds the verification (its lease is live).
+            UploadState::Verifying if fault.is_none() => Ok(Completion::Verifying),
             UploadState::Open | UploadState::Verifying => Err(fault.unwrap_or_else(|| {
                 Error::Unavailable("verification could not finish; call complete again".into())
             })),
         }
+    }
+
+    /// Starts finishing upload `id` in the background (or joins the run
+    /// already going here); the receiver carries its outcome. While it
+    /// runs, the upload's lease in the database is renewed, so that
+    /// another instance sharing the database leaves it alone.
+    fn start_finishing(
+        self: &Arc<Self>,
+        id: &str,
+        total: u32,
+    ) -> Result<tokio::sync::watch::Receiver<Finished>> {
+        let mut finishing = self.finishing.lock().map_err(Error::internal)?;
+        if let Some(rx) = finishing.get(id) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        finishing.insert(id.to_owned(), rx.clone());
+        let engine = self.clone();
+        let id = id.to_owned();
+        self.rt.spawn(async move {
+            let run = engine.finish(&id, total);
+            tokio::pin!(run);
+            let mut renew = tokio::time::interval_at(
+                tokio::time::Instant::now() + LEASE / 3,
+                LEASE / 3,
+            );
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    _ = renew.tick() => {
+                        let (key, until) = (id.clone(), lease_until());
+                        if let Err(e) = engine.db.write(move |tx| uploads::renew_lease(tx, &key, until)).await {
+                            tracing::warn!(upload = %id, error = %e, "renewing the verification lease failed");
+                        }
+                    }
+                }
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(upload = %id, error = %e, "finishing an upload stopped; it stays open");
+            }
+            if let Ok(mut f) = engine.finishing.lock() {
+                f.remove(&id);
+            }
+            let _ = tx.send(Some(outcome.err()));
+        });
+        Ok(rx)
+    }
+
+    /// Takes over the verification of `row` when it is `verifying` and
+    /// its lease has passed: the instance that held it stopped (another
+    /// instance sharing the database, or this one before a restart).
+    pub(super) async fn take_over_if_abandoned(self: &Arc<Self>, row: &UploadRow) -> Result<()> {
+        let Some(total) = row.total_parts else {
+            return Ok(());
+        };
+        if row.state != UploadState::Verifying
+            || self.finishing.lock().map_err(Error::internal)?.contains_key(&row.id)
+        {
+            return Ok(());
+        }
+        let key = row.id.clone();
+        let lease = self.db.call(move |c| uploads::lease_of(c, &key)).await?;
+        if lease <= crate::db::now() {
+            tracing::info!(upload = %row.id, "taking over a verification whose instance stopped");
+            self.start_finishing(&row.id, total)?;
+        }
+        Ok(())
     }
 
     async fn narinfo_url(&self, row: &UploadRow) -> Result<String> {
@@ -344,13 +437,20 @@ impl Engine {
         let slot = self.slot_or_load(id).await?;
         *slot.closing.write().await = true;
         let key = id.to_owned();
+        let until = lease_until();
         let claimed = self
             .db
-            .write(move |tx| uploads::claim_for_verifying(tx, &key, total))
+            .write(move |tx| uploads::claim_for_verifying(tx, &key, total, crate::db::now(), until))
             .await;
         match claimed {
             Ok(true) => {}
-            Ok(false) => return Ok(()), // committed or failed by another finisher
+            Ok(false) => {
+                // Settled, or verifying in another instance: this slot
+                // was closed for nothing, and a reopened upload must find
+                // it open here.
+                self.slots.lock().map_err(Error::internal)?.remove(id);
+                return Ok(());
+            }
             Err(e) => {
                 self.slots.lock().map_err(Error::internal)?.remove(id);
                 return Err(e);
@@ -539,9 +639,11 @@ fn fold_parts(
     for source in sources {
         // A part already moved into the blob store by an interrupted
         // publish (its blob claimed, so GC leaves it) is read from there.
+        let mut local = true;
         let reader: Box<dyn Read + Send> = match std::fs::File::open(&source.path) {
             Ok(f) => Box::new(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                local = false;
                 match store.exists(&source.blake3) {
                     Ok(true) => match store.open(&source.blake3, 0) {
                         Ok(r) => r,
@@ -564,6 +666,12 @@ fn fold_parts(
             let _ = std::io::copy(&mut hashing, &mut std::io::sink());
         }
         if hashing.hasher.finalize().to_hex().as_str() != source.blake3 {
+            if local && store.shared() && store.exists(&source.blake3).unwrap_or(false) {
+                return match std::fs::remove_file(&source.path) {
+                    Ok(()) => Folded::Again,
+                    Err(e) => Folded::Failed(e.into(), source.n),
+                };
+            }
             // Bytes changed or cut on disk are a fault, never a verdict.
             return Folded::Lost(source);
         }

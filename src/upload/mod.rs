@@ -44,9 +44,6 @@ pub const BUCKET: &str = "bucket";
 /// Verifiers alive at once, whatever the number of open uploads.
 pub const LIVE_VERIFIERS: usize = 32;
 
-/// Part copies to a remote blob store in flight at once.
-pub const PRELOADS: usize = 4;
-
 /// An upload whose verifier has folded nothing for this long gives it up.
 pub const VERIFIER_IDLE: Duration = Duration::from_secs(30);
 
@@ -141,8 +138,12 @@ struct Slot {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the verifier last folded a part.
     touched: std::time::Instant,
-    /// Part numbers recorded in the database.
+    /// Part numbers recorded in the database (as last read: parts may
+    /// arrive through other instances; `advance` reads them again).
     present: BTreeSet<u32>,
+    /// The blake3 of each part the verifier has folded, in order: a part
+    /// replaced since (through any instance) makes the fold stale.
+    folded: Vec<String>,
     /// Set by a part replacement: fold again from part 1.
     stale: bool,
     /// The first error the verifier met; reported at `complete`.
@@ -196,8 +197,6 @@ pub struct Engine {
     /// at most [`LIVE_VERIFIERS`] at once. A part that finds no place is
     /// folded later, by `complete`, which waits for one.
     verifiers: Arc<tokio::sync::Semaphore>,
-    /// Part copies to a remote blob store in flight (see `preload`).
-    preloads: tokio::sync::Semaphore,
     /// Verification counters, for `/metrics`.
     pub stats: Stats,
 }
@@ -241,7 +240,6 @@ impl Engine {
             finishing: Mutex::new(HashMap::new()),
             tus_locks: Mutex::new(HashMap::new()),
             verifiers: Arc::new(tokio::sync::Semaphore::new(LIVE_VERIFIERS)),
-            preloads: tokio::sync::Semaphore::new(PRELOADS),
             stats: Stats::default(),
         }))
         .inspect(|engine| engine.release_idle_verifiers())
@@ -456,9 +454,15 @@ impl Engine {
             for p in parts {
                 let from = self.part_path(bucket, p.n);
                 let to = self.part_path(id, next);
-                tokio::task::spawn_blocking(move || std::fs::rename(from, to))
-                    .await
-                    .map_err(Error::internal)??;
+                // A bucket filled through another instance has its parts
+                // in the shared store only: the row moves, the fold reads
+                // them from there (or finds them lost).
+                tokio::task::spawn_blocking(move || match std::fs::rename(from, to) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await
+                .map_err(Error::internal)??;
                 let (key, part) = (id.to_owned(), PartRow { n: next, ..p });
                 self.db
                     .write(move |tx| uploads::upsert_part(tx, &key, &part))
@@ -501,8 +505,9 @@ impl Engine {
     }
 
     /// What a resuming client needs: state, parts, bytes received.
-    pub async fn status(&self, id: &str) -> Result<Status> {
+    pub async fn status(self: &Arc<Self>, id: &str) -> Result<Status> {
         let row = self.get(id).await?;
+        self.take_over_if_abandoned(&row).await?;
         let key = id.to_owned();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
         Ok(status_of(row, parts))
@@ -625,6 +630,12 @@ impl Engine {
     /// Restarts `complete` for uploads that were verifying when the server
     /// stopped.
     pub async fn resume_verifying(self: &Arc<Self>) -> Result<()> {
+        // SQLite has one server at a time (the serve lock): a lease left
+        // by an earlier run is void. On PostgreSQL a live lease belongs to
+        // another instance, and `complete` leaves it alone.
+        if self.db.engine() == crate::db::sql::Engine::Sqlite {
+            self.db.write(uploads::clear_leases).await?;
+        }
         let rows = self
             .db
             .call(|c| uploads::in_state(c, UploadState::Verifying))
@@ -660,6 +671,7 @@ impl Engine {
                     permit: None,
                     touched: std::time::Instant::now(),
                     present: parts.iter().map(|p| p.n).collect(),
+                    folded: vec![],
                     stale: false,
                     failed: None,
                     verdict_at: None,

@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::Engine;
-use crate::db::uploads::{self, PartRow, UploadRow, UploadState};
+use crate::db::uploads::{self, PartRow, UploadState};
 use crate::error::{Error, Result};
 use crate::store::fsync_dir;
 
@@ -325,7 +325,7 @@ impl Engine {
             size: received.size,
             blake3: received.blake3,
         };
-        self.record_part(id, tmp, part, parts_are_blobs(&row)).await
+        self.record_part(id, tmp, part).await
     }
 
     /// Takes a complete, fsynced local file as part `n` (Nix's PUT door).
@@ -346,19 +346,18 @@ impl Engine {
         })
         .await
         .map_err(Error::internal)??;
-        self.record_part(id, part.0, part.1, parts_are_blobs(&row))
-            .await
+        self.record_part(id, part.0, part.1).await
     }
 
-    /// Moves a received file into place as a part and records it. When
-    /// the part is one of the upload's blobs (`blob`), a remote store gets
-    /// an early copy.
+    /// Moves a received file into place as a part and records it. On a
+    /// shared (remote) store the part is written there first, so that any
+    /// instance can fold it: the answer then means "in the store and
+    /// recorded".
     async fn record_part(
         self: &Arc<Self>,
         id: &str,
         file: PathBuf,
         part: PartRow,
-        blob: bool,
     ) -> Result<PartRow> {
         let key = id.to_owned();
         let n = part.n;
@@ -374,6 +373,19 @@ impl Engine {
         if let Err(e) = self.refuse_after_verdict(id, n) {
             discard(file.clone()).await;
             return Err(e);
+        }
+        if self.store.shared() {
+            let (store, blob, from) = (self.store.clone(), part.blake3.clone(), file.clone());
+            let copied = tokio::task::spawn_blocking(move || store.copy_in(&blob, &from))
+                .await
+                .map_err(Error::internal)?;
+            if let Err(e) = copied {
+                discard(file.clone()).await;
+                tracing::warn!(upload = %id, part = n, error = %e, "the blob store refused a part");
+                return Err(Error::Unavailable(format!(
+                    "the blob store did not take part {n}: send it again"
+                )));
+            }
         }
         // Hold the gate open across rename and row: `complete` cannot
         // close the upload halfway through recording this part.
@@ -412,12 +424,6 @@ impl Engine {
         drop(gate);
         let engine = self.clone();
         let id = id.to_owned();
-        if blob && self.store.preloads() {
-            let (engine, id, blob) = (self.clone(), id.clone(), part.blake3.clone());
-            let file = self.part_path(&id, n);
-            self.rt
-                .spawn(async move { engine.preload(&id, file, blob).await });
-        }
         self.rt.spawn(async move {
             if let Err(e) = engine.advance(&id, None).await {
                 tracing::debug!(upload = %id, error = %e, "verifier stopped");
@@ -427,28 +433,7 @@ impl Engine {
     }
 }
 
-/// Whether an upload's parts are stored as they came (zstd: each part is
-/// a blob), not re-encoded into blobs of the server's making at publish.
-fn parts_are_blobs(row: &UploadRow) -> bool {
-    row.compression == "zstd"
-}
-
 impl Engine {
-    /// Copies a received part that is one of its upload's blobs into a
-    /// remote blob store while the upload is still open,
-    /// [`super::PRELOADS`] at a time. Best effort: publish adopts (and
-    /// uploads) whatever is not there yet.
-    async fn preload(self: &Arc<Self>, id: &str, file: PathBuf, blob: String) {
-        let Ok(_permit) = self.preloads.acquire().await else {
-            return;
-        };
-        let store = self.store.clone();
-        let done = tokio::task::spawn_blocking(move || store.preload(&blob, &file)).await;
-        if let Ok(Err(e)) = done {
-            tracing::debug!(upload = %id, error = %e, "preload failed; publish uploads it");
-        }
-    }
-
     /// Refuses part `n` when the verifier already found an earlier part
     /// wrong: nothing after it can change the verdict. Checked without
     /// waiting: while a fold runs, the part is taken.
