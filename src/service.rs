@@ -77,6 +77,10 @@ pub struct Opened {
 pub fn root_key(dir: &DataDir) -> anyhow::Result<(RootKey, bool)> {
     std::fs::create_dir_all(&dir.root)
         .with_context(|| format!("cannot create data dir {}", dir.root.display()))?;
+    if let Some(parent) = dir.key.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     RootKey::load_or_create(&dir.root_key())
         .with_context(|| format!("cannot read or create {}", dir.root_key().display()))
 }

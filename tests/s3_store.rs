@@ -35,20 +35,6 @@ fn s3_config(g: &Garage) -> S3Config {
     }
 }
 
-/// Object keys in the bucket under `blobs/` (through Garage's own API,
-/// not ferry's listing).
-fn bucket_blobs(g: &Garage) -> Vec<String> {
-    let out = run_ok(g.curl().arg(format!("{}/{}/", g.endpoint, g.bucket)));
-    let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("<ListBucketResult"), "not a listing: {text}");
-    text.split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .filter(|k| k.starts_with("blobs/"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Writes `DIR/ferry.toml`: data in `DIR/data`, the `top` keys, then an
 /// `[s3]` table for `g` ending with `credentials` (key lines).
 fn write_config(dir: &Path, g: &Garage, top: &str, credentials: &str) -> std::path::PathBuf {
@@ -147,7 +133,7 @@ fn s3_store_on_garage() {
     store.delete(&a).unwrap();
     store.delete(&a).unwrap(); // absent: not an error
     assert!(!store.exists(&a).unwrap());
-    assert_eq!(bucket_blobs(&g), vec![format!("blobs/{b}")]);
+    assert_eq!(g.blob_keys(), vec![format!("blobs/{b}")]);
 
     // A wrong secret: refused when the store is checked, naming the bucket.
     let mut wrong = s3_config(&g);
@@ -199,7 +185,7 @@ fn server_keeps_blobs_in_garage() {
     client.ok(&["push", "home:main", &closure.top, "--part-size", "1MiB"]);
 
     // Every blob is an object; the data dir keeps none.
-    let objects = bucket_blobs(&g);
+    let objects = g.blob_keys();
     assert!(objects.len() >= 4, "parts became objects: {objects:?}");
     let local_blobs = files_under(&data.join("blobs"));
     assert!(
@@ -272,7 +258,7 @@ fn server_keeps_blobs_in_garage() {
         assert!(r.status < 300, "delete {}: {}", info.path, r.status);
     }
     run_ok(Command::new(env!("CARGO_BIN_EXE_ferry")).args(["gc", "--config", config_s]));
-    let left = bucket_blobs(&g);
+    let left = g.blob_keys();
     assert!(left.is_empty(), "objects left after GC: {left:?}");
 }
 
@@ -355,7 +341,7 @@ fn parts_are_preloaded_while_open_and_collected_when_abandoned() {
         .collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let have = bucket_blobs(&g);
+        let have = g.blob_keys();
         if want.iter().all(|w| have.contains(w)) {
             break;
         }
@@ -369,6 +355,6 @@ fn parts_are_preloaded_while_open_and_collected_when_abandoned() {
     let r = api("DELETE", &upload_url, Body::None);
     assert!(r.status < 300, "{}", r.text());
     run_ok(Command::new(env!("CARGO_BIN_EXE_ferry")).args(["gc", "--config", config_s]));
-    let left = bucket_blobs(&g);
+    let left = g.blob_keys();
     assert!(left.is_empty(), "preloaded objects left: {left:?}");
 }

@@ -86,6 +86,24 @@ impl Garage {
         s3_curl(&self.region, &self.access_key_id, &self.secret_access_key)
     }
 
+    /// Object keys in the bucket under `blobs/`, through Garage's own S3
+    /// listing (not ferry's).
+    pub fn blob_keys(&self) -> Vec<String> {
+        let out = super::tools::run_ok(self.curl().arg(format!("{}/{}/", self.endpoint, self.bucket)));
+        let text = String::from_utf8(out).expect("utf-8 listing");
+        assert!(text.contains("<ListBucketResult"), "not a listing: {text}");
+        assert!(
+            !text.contains("<IsTruncated>true"),
+            "the listing is truncated: the test put more than a page of objects"
+        );
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .filter(|k| k.starts_with("blobs/"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -138,6 +138,53 @@ pub fn start_nginx_with(upstream: SocketAddr, opts: &NginxOptions) -> Nginx {
     launch(&server)
 }
 
+/// A reverse proxy (as [`start_nginx`]) over several `upstreams`, round
+/// robin; an upstream that refuses a connection is skipped for a second
+/// (`max_fails=1 fail_timeout=1s`), and a request it never received goes
+/// to the next one. `DIR/logs/upstream.log` records, per line:
+/// `$upstream_addr $status "$request"` (see [`Nginx::upstream_log`]).
+pub fn start_nginx_balancing(upstreams: &[SocketAddr]) -> Nginx {
+    let servers: String = upstreams
+        .iter()
+        .map(|u| format!("    server {u} max_fails=1 fail_timeout=1s;\n"))
+        .collect();
+    let http = format!(
+        "  upstream ferry {{\n{servers}  }}\n\
+         \x20 log_format upstreams '$upstream_addr $status \"$request\"';\n"
+    );
+    let server = "    client_max_body_size 100000000;\n\
+         \x20   access_log logs/upstream.log upstreams;\n\
+         \x20   location / {\n\
+         \x20     proxy_pass http://ferry;\n\
+         \x20     proxy_http_version 1.1;\n\
+         \x20     proxy_set_header Connection \"\";\n\
+         \x20     proxy_set_header Host $http_host;\n\
+         \x20     proxy_request_buffering off;\n\
+         \x20     proxy_buffering off;\n\
+         \x20     proxy_connect_timeout 2s;\n\
+         \x20   }\n";
+    launch_in(&http, server)
+}
+
+impl Nginx {
+    /// Lines of `logs/upstream.log` (see [`start_nginx_balancing`]), as
+    /// (upstream address, status, request line). A request retried on a
+    /// second upstream names both (`a, b`); the address is the last.
+    pub fn upstream_log(&self) -> Vec<(String, u16, String)> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("logs/upstream.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let quote = l.find('"')?;
+                let (head, request) = (l[..quote].trim(), l[quote..].trim_matches('"'));
+                let (addrs, status) = head.rsplit_once(' ')?;
+                let addr = addrs.rsplit(',').next()?.trim().to_owned();
+                Some((addr, status.parse().ok()?, request.to_owned()))
+            })
+            .collect()
+    }
+}
+
 /// A static file server for `root` (e.g. a `nix copy --to file://...`
 /// directory): `.narinfo` as `text/x-nix-narinfo`, the rest
 /// `application/octet-stream`.
@@ -157,6 +204,11 @@ pub fn start_nginx_static_auth(root: &Path, token: &str) -> Nginx {
 }
 
 fn launch(server_body: &str) -> Nginx {
+    launch_in("", server_body)
+}
+
+/// [`launch`] with lines for the `http` block (upstreams, log formats).
+fn launch_in(http_body: &str, server_body: &str) -> Nginx {
     let nginx = require_tool("nginx");
     let mut last_err = String::new();
     for _attempt in 0..5 {
@@ -178,6 +230,7 @@ fn launch(server_body: &str) -> Nginx {
              \x20 scgi_temp_path {d}/scgi;\n\
              \x20 log_format ferry '$status $request_length $bytes_sent $request_time \"$request\"';\n\
              \x20 access_log {d}/logs/access.log ferry;\n\
+             {http_body}\
              \x20 server {{\n\
              \x20   listen 127.0.0.1:{port};\n\
              {server_body}\
