@@ -239,7 +239,9 @@ fn a_push_continues_through_the_surviving_instance() {
         }
     }
     let total: usize = site
-        .psql(&format!("SELECT total_parts FROM uploads WHERE id = '{id}'"))
+        .psql(&format!(
+            "SELECT total_parts FROM uploads WHERE id = '{id}'"
+        ))
         .parse()
         .unwrap();
     assert_eq!(acknowledged.len(), total, "{acknowledged:?}");
@@ -420,7 +422,11 @@ fn gc_on_one_instance_while_the_other_publishes_loses_nothing() {
     for info in &doomed_infos {
         let r = http_request(
             "DELETE",
-            &format!("{}/_api/v1/caches/main/paths/{}", site.url(1), info.hash_part()),
+            &format!(
+                "{}/_api/v1/caches/main/paths/{}",
+                site.url(1),
+                info.hash_part()
+            ),
             &[&format!("Authorization: Bearer {admin}")],
             Body::None,
         );
@@ -472,12 +478,7 @@ fn gc_on_one_instance_while_the_other_publishes_loses_nothing() {
     }
     let netrc_dir = tempfile::tempdir().unwrap();
     let netrc = write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
-    let store = nix_copy_from(
-        &format!("{}/main", a.url),
-        &pubkey,
-        Some(&netrc),
-        &kept.top,
-    );
+    let store = nix_copy_from(&format!("{}/main", a.url), &pubkey, Some(&netrc), &kept.top);
     for p in &kept.paths {
         compare_trees(Path::new(p), &store.real_path(p));
     }
@@ -491,7 +492,10 @@ fn gc_on_one_instance_while_the_other_publishes_loses_nothing() {
         .collect();
     let live = site.psql("SELECT string_agg(DISTINCT blob, ' ') FROM nar_chunks");
     for blob in live.split(' ') {
-        assert!(objects.contains(blob), "blob {blob} of a NAR is not in the bucket");
+        assert!(
+            objects.contains(blob),
+            "blob {blob} of a NAR is not in the bucket"
+        );
     }
     let doomed_nars = site.psql("SELECT count(*) FROM nars n WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_id = n.id)");
     assert_eq!(doomed_nars, "0", "unpublished NARs were collected");

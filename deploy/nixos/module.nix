@@ -69,7 +69,10 @@ let
         "secret-access-key-file" = "${credDir}/s3-secret-access-key";
       };
   configFile = settingsFormat.generate "ferry.toml"
-    (lib.filterAttrs (_: v: v != null) (cfg.settings // { s3 = s3Settings; }));
+    (lib.filterAttrs (_: v: v != null) (cfg.settings // {
+      s3 = s3Settings;
+      "root-key-file" = if cfg.rootKeyFile == null then null else "${credDir}/root-key";
+    }));
 
   # "127.0.0.1:8080" or "[::]:8080" -> 8080
   port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
@@ -295,6 +298,21 @@ in
       };
     };
 
+    rootKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/ferry-root-key";
+      description = ''
+        The token root key, for several instances that serve the same
+        caches (same `database-url` and `s3`): every instance names a copy
+        of one key. A file outside the store (a string, so it is not
+        copied into it), handed to the service by systemd
+        (LoadCredential); it must exist: copy the first instance's
+        /var/lib/ferry/root.key. null: /var/lib/ferry/root.key, made on
+        first start.
+      '';
+    };
+
     s3Credentials = {
       accessKeyIdFile = mkOption {
         type = types.nullOr types.str;
@@ -374,13 +392,14 @@ in
           Type = "exec";
           ExecStartPre = "${cfg.package}/bin/ferry serve --config ${configFile} --check-config";
           ExecStart = "${cfg.package}/bin/ferry serve --config ${configFile}";
-          # S3 credentials: files outside the store, read by systemd and
+          # S3 credentials and a shared root key: files outside the store, read by systemd and
           # exposed to the service only, at $CREDENTIALS_DIRECTORY
           # (/run/credentials/ferry.service), where s3CredentialSettings
           # points the config.
           LoadCredential =
             lib.optional (cfg.s3Credentials.accessKeyIdFile != null) "s3-access-key-id:${cfg.s3Credentials.accessKeyIdFile}"
-            ++ lib.optional (cfg.s3Credentials.secretAccessKeyFile != null) "s3-secret-access-key:${cfg.s3Credentials.secretAccessKeyFile}";
+            ++ lib.optional (cfg.s3Credentials.secretAccessKeyFile != null) "s3-secret-access-key:${cfg.s3Credentials.secretAccessKeyFile}"
+            ++ lib.optional (cfg.rootKeyFile != null) "root-key:${cfg.rootKeyFile}";
           KillSignal = "SIGINT";
           TimeoutStopSec = "30s";
           Restart = "on-failure";

@@ -63,8 +63,10 @@ pub fn forget(conn: &Conn<'_>, id: &str) -> Result<()> {
 /// Whether a row knows the blob: its own, or a part row naming it (a
 /// shared store holds each part under its blake3 until it publishes).
 pub fn is_known(conn: &Conn<'_>, id: &str) -> Result<bool> {
-    Ok(conn.exists("SELECT 1 FROM blobs WHERE id = ?1", params![id])?
-        || conn.exists("SELECT 1 FROM upload_parts WHERE blake3 = ?1", params![id])?)
+    Ok(
+        conn.exists("SELECT 1 FROM blobs WHERE id = ?1", params![id])?
+            || conn.exists("SELECT 1 FROM upload_parts WHERE blake3 = ?1", params![id])?,
+    )
 }
 
 /// Every blob a row knows (see [`is_known`]).
@@ -73,9 +75,11 @@ pub fn all(conn: &Conn<'_>) -> Result<HashSet<String>> {
         .query_all("SELECT id FROM blobs", &[], |r| r.get(0))?
         .into_iter()
         .collect();
-    ids.extend(conn.query_all::<String>("SELECT DISTINCT blake3 FROM upload_parts", &[], |r| {
-        r.get(0)
-    })?);
+    ids.extend(
+        conn.query_all::<String>("SELECT DISTINCT blake3 FROM upload_parts", &[], |r| {
+            r.get(0)
+        })?,
+    );
     Ok(ids)
 }
 

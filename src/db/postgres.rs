@@ -73,7 +73,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_status",
         include_str!("../../schema/postgres/0008_status.sql"),
-    ),    (
+    ),
+    (
         "0009_shared_uploads",
         include_str!("../../schema/postgres/0009_shared_uploads.sql"),
     ),

@@ -46,7 +46,8 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_status",
         include_str!("../../schema/sqlite/0008_status.sql"),
-    ),    (
+    ),
+    (
         "0009_shared_uploads",
         include_str!("../../schema/sqlite/0009_shared_uploads.sql"),
     ),

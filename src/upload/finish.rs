@@ -233,13 +233,16 @@ impl Engine {
         match folded {
             Folded::Done => {
                 s.verifier = Some(verifier);
-                let done: Vec<&crate::db::uploads::PartRow> =
-                    todo.iter().filter_map(|&n| parts.iter().find(|p| p.n == n)).collect();
+                let done: Vec<&crate::db::uploads::PartRow> = todo
+                    .iter()
+                    .filter_map(|&n| parts.iter().find(|p| p.n == n))
+                    .collect();
                 s.folded.extend(done.iter().map(|p| p.blake3.clone()));
                 if self.store.shared() {
                     // Folded, and in the shared store already: the local
                     // copy has done its work (a new fold reads the store).
-                    let files: Vec<PathBuf> = done.iter().map(|p| self.part_path(id, p.n)).collect();
+                    let files: Vec<PathBuf> =
+                        done.iter().map(|p| self.part_path(id, p.n)).collect();
                     let _ = tokio::task::spawn_blocking(move || {
                         for f in files {
                             let _ = std::fs::remove_file(f);
@@ -397,7 +400,11 @@ impl Engine {
             return Ok(());
         };
         if row.state != UploadState::Verifying
-            || self.finishing.lock().map_err(Error::internal)?.contains_key(&row.id)
+            || self
+                .finishing
+                .lock()
+                .map_err(Error::internal)?
+                .contains_key(&row.id)
         {
             return Ok(());
         }

@@ -3,7 +3,9 @@
 //! Bodies are written in batches of about 256 KiB on the blocking pool while
 //! blake3 (always) and SHA-256 (when the client sent a `Content-Digest`
 //! with it) run over the same bytes; the file is fsynced before the part
-//! is recorded, so an acknowledged part survives a crash.
+//! is recorded, so an acknowledged part survives a crash. With a shared
+//! (S3) store the part is written to the bucket before it is recorded, and
+//! that copy is the durable one: the local file is not fsynced.
 
 use std::fmt::Display;
 use std::fs::File;
@@ -116,7 +118,8 @@ impl Sink {
 /// 1 MiB batches), large enough that the hop to the blocking pool is rare.
 const BATCH: usize = 256 << 10;
 
-/// Streams `body` into a new file at `path`, fsyncs it, and hashes it.
+/// Streams `body` into a new file at `path`, fsyncs it (when `durable`),
+/// and hashes it.
 /// Stops with `PartTooLarge` past `limit` bytes. When the body breaks off
 /// (the client went away), what arrived is still written, fsynced and
 /// described, and the break is returned beside it: a door that keeps cut
@@ -126,6 +129,7 @@ pub async fn write_stream<S, E>(
     mut body: S,
     limit: u64,
     extra: Option<DigestAlgorithm>,
+    durable: bool,
 ) -> Result<(Received, Option<Error>)>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -198,7 +202,9 @@ where
     }
     let sink = sink.ok_or_else(|| Error::internal("sink lost"))?;
     let received = tokio::task::spawn_blocking(move || -> Result<Received> {
-        sink.file.sync_all()?;
+        if durable {
+            sink.file.sync_all()?;
+        }
         Ok(Received {
             size,
             blake3: sink.blake.finalize().to_hex().to_string(),
@@ -282,7 +288,12 @@ impl Engine {
         let dir = self.dir_of(id);
         let tmp = temp_name(&dir, n);
         let alg = rules.digest.as_ref().map(|d| d.algorithm);
-        let (received, broke) = match write_stream(&tmp, body, limit, alg).await {
+        // On a shared store the bucket holds the acknowledged copy: the
+        // local file only feeds this instance's verifier (a torn one is
+        // found by its blake3 and read from the bucket instead), so it
+        // is not fsynced.
+        let durable = !self.store.shared();
+        let (received, broke) = match write_stream(&tmp, body, limit, alg, durable).await {
             Ok(r) => r,
             Err(e) => {
                 discard(tmp.clone()).await;
@@ -400,9 +411,10 @@ impl Engine {
         let dest = self.part_path(id, n);
         let dir = self.dir_of(id);
         crate::crash_point!("part.after_write");
+        let durable = !self.store.shared();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::rename(&file, &dest)?;
-            fsync_dir(&dir)
+            if durable { fsync_dir(&dir) } else { Ok(()) }
         })
         .await
         .map_err(Error::internal)??;
@@ -493,7 +505,7 @@ impl Engine {
         let dest = self.staged_path(cache_id, name)?;
         let dir = self.uploads_dir.join("staged");
         let tmp = temp_name(&dir, 0);
-        let received = match write_stream(&tmp, body, u64::MAX, None).await {
+        let received = match write_stream(&tmp, body, u64::MAX, None, true).await {
             Ok((r, None)) => r,
             Ok((_, Some(e))) => {
                 discard(tmp.clone()).await;

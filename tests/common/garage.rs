@@ -89,7 +89,10 @@ impl Garage {
     /// Object keys in the bucket under `blobs/`, through Garage's own S3
     /// listing (not ferry's).
     pub fn blob_keys(&self) -> Vec<String> {
-        let out = super::tools::run_ok(self.curl().arg(format!("{}/{}/", self.endpoint, self.bucket)));
+        let out = super::tools::run_ok(
+            self.curl()
+                .arg(format!("{}/{}/", self.endpoint, self.bucket)),
+        );
         let text = String::from_utf8(out).expect("utf-8 listing");
         assert!(text.contains("<ListBucketResult"), "not a listing: {text}");
         assert!(

@@ -380,6 +380,8 @@ let
         accessKeyIdFile = "/run/secrets/s3-id";
         secretAccessKeyFile = "/run/secrets/s3-secret";
       };
+      rootKeyFile = "/run/secrets/ferry-root-key";
+      settings.database-url = "host=/run/postgresql dbname=ferry";
     };
   };
 
@@ -529,7 +531,9 @@ let
     s3-credentials-loaded = nixosS3.config.systemd.services.ferry.serviceConfig.LoadCredential == [
       "s3-access-key-id:/run/secrets/s3-id"
       "s3-secret-access-key:/run/secrets/s3-secret"
+      "root-key:/run/secrets/ferry-root-key"
     ];
+    database-url-set = nixosS3.values.settings.database-url == "host=/run/postgresql dbname=ferry";
     s3-path-style-default = nixosS3.values.settings.s3.path-style == true;
     no-s3-no-credentials = nixosBoth.config.systemd.services.ferry.serviceConfig.LoadCredential == [ ];
     both-firewall = nixosBoth.config.networking.firewall.allowedTCPPorts == [ 8095 ];
