@@ -67,6 +67,33 @@ pub struct CompleteRequest {
     pub parts: u32,
 }
 
+/// One chunk of a chunked upload's manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkDecl {
+    /// blake3 (lowercase hex) of the chunk's bytes.
+    pub blake3: String,
+    /// The chunk's size in bytes.
+    pub size: u64,
+    /// The size of the chunk's zstd frame, as the client would send it.
+    pub csize: u64,
+}
+
+/// `POST /_api/v1/uploads/{id}/chunks`: the manifest's entries from `from`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddChunks {
+    pub from: u64,
+    pub chunks: Vec<ChunkDecl>,
+}
+
+/// The answer to [`AddChunks`]: the manifest indices whose frames to send,
+/// in order; the others the server holds or come earlier in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunksToSend {
+    pub send: Vec<u64>,
+}
+
 /// `POST /_api/v1/caches`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +186,10 @@ pub struct UploadStatus {
     pub expires_at: i64,
     #[serde(default)]
     pub error: Option<serde_json::Value>,
+    /// What the parts are: `none`, `zstd` or `chunked` (older servers:
+    /// absent).
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 /// Every API error body: `{"error": code, "message": sentence, ...}`.

@@ -78,14 +78,14 @@ pub struct Config {
     /// environment is used when the URL has none. Unset: SQLite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
-    /// Keep blobs in an S3-compatible bucket instead of `DATA-DIR/blobs`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3Config>,
     /// The token root key (created, mode 0600, on first start when
     /// absent); unset: `DATA-DIR/root.key`. Instances that serve one set
     /// of caches name the same file (or a copy of it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_key_file: Option<PathBuf>,
+    /// Keep blobs in an S3-compatible bucket instead of `DATA-DIR/blobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
 }
 
 /// The `[s3]` table: an S3-compatible bucket for blobs (Garage, R2, AWS,

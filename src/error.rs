@@ -33,6 +33,10 @@ pub enum Error {
     UploadNotFound(String),
     #[error("upload {id} is {state}: it can no longer be changed")]
     UploadClosed { id: String, state: String },
+    #[error(
+        "the manifest holds {expected} chunks and differs from this batch: declare chunks from {expected} on, or resend the recorded ones unchanged"
+    )]
+    ManifestConflict { expected: u64 },
     #[error("part number {0} is invalid: parts are numbered from 1 to 100000")]
     BadPartNumber(u64),
     #[error(
@@ -168,6 +172,7 @@ impl Error {
             Error::Format(_) => "invalid_format",
             Error::UploadNotFound(_) => "upload_not_found",
             Error::UploadClosed { .. } => "upload_closed",
+            Error::ManifestConflict { .. } => "manifest_conflict",
             Error::BadPartNumber(_) => "bad_part_number",
             Error::PartTooLarge { .. } => "part_too_large",
             Error::LengthRequired => "length_required",
@@ -242,6 +247,7 @@ impl Error {
                 json!({"algorithm": algorithm, "expected": expected, "actual": actual})
             }
             Error::MissingParts { missing } => json!({"missing": missing}),
+            Error::ManifestConflict { expected } => json!({"expected_from": expected}),
             Error::PartAfterVerdict { at, .. } => json!({"failed_part": at}),
             Error::NarHashMismatch { expected, actual }
             | Error::FileHashMismatch { expected, actual } => {

@@ -22,6 +22,7 @@ fn struct_keys() -> BTreeSet<String> {
         metrics_listen: Some("127.0.0.1:9090".parse().unwrap()),
         database_url: Some("postgres://ferry@%2Frun%2Fpostgresql/ferry".into()),
         s3: Some(full_s3()),
+        root_key_file: Some("/etc/ferry/root.key".into()),
         ..Config::default()
     };
     let text = toml::to_string(&c).expect("Config serializes to TOML");

@@ -74,6 +74,10 @@ pub struct PushArgs {
     /// Push paths signed by the cache's upstream keys (cache.nixos.org-1) too.
     #[arg(long)]
     ignore_upstream_filter: bool,
+    /// Send each NAR whole (zstd) instead of in content-defined chunks, of
+    /// which only those the server lacks cross the wire.
+    #[arg(long)]
+    no_chunking: bool,
 }
 
 #[derive(Args)]
@@ -90,6 +94,9 @@ pub struct WatchArgs {
     part_size: u64,
     #[arg(long)]
     ignore_upstream_filter: bool,
+    /// Send each NAR whole (zstd) instead of in content-defined chunks.
+    #[arg(long)]
+    no_chunking: bool,
 }
 
 /// Runs a client command.
@@ -223,6 +230,7 @@ async fn push_cmd(a: PushArgs) -> anyhow::Result<()> {
         jobs: a.jobs,
         part_size: a.part_size,
         ignore_upstream_filter: a.ignore_upstream_filter,
+        chunking: !a.no_chunking,
     };
     let summary = push(&api, &l.target.cache, &info, state, paths, &opts).await?;
     eprintln!("{summary}");
@@ -239,6 +247,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
         jobs: a.jobs,
         part_size: a.part_size,
         ignore_upstream_filter: a.ignore_upstream_filter,
+        chunking: !a.no_chunking,
     };
     let interval = Duration::from_secs(a.interval.max(1));
     Ok(watch_store(&api, &l.target.cache, &info, &state_path, interval, &opts).await?)

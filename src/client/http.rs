@@ -155,6 +155,21 @@ impl Api {
             .map(|(_, v)| v)
     }
 
+    /// Declares manifest entries `from..` of a chunked upload; returns the
+    /// indices whose frames to send.
+    pub async fn add_chunks(
+        &self,
+        id: &str,
+        from: u64,
+        chunks: Vec<crate::api::ChunkDecl>,
+    ) -> Result<Vec<u64>> {
+        let path = format!("/_api/v1/uploads/{id}/chunks");
+        let body = json_body(&crate::api::AddChunks { from, chunks })?;
+        let (_, answer): (_, crate::api::ChunksToSend) =
+            self.json(Method::POST, &path, body).await?;
+        Ok(answer.send)
+    }
+
     pub async fn upload_status(&self, id: &str) -> Result<UploadStatus> {
         self.json(Method::GET, &format!("/_api/v1/uploads/{id}"), Body::Empty)
             .await

@@ -11,6 +11,8 @@
 //! and [`watch`] (`ferry watch-store`).
 
 pub mod backoff;
+pub mod chunk;
+pub mod chunked_parts;
 pub mod config;
 pub mod http;
 pub mod nixconf;

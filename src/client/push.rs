@@ -38,6 +38,9 @@ pub struct PushOptions {
     pub part_size: u64,
     /// Push paths signed by the cache's upstream keys too.
     pub ignore_upstream_filter: bool,
+    /// Send content-defined chunks (only those the server lacks) rather
+    /// than each NAR whole.
+    pub chunking: bool,
 }
 
 impl Default for PushOptions {
@@ -47,6 +50,7 @@ impl Default for PushOptions {
             jobs: 4,
             part_size: DEFAULT_PART_SIZE,
             ignore_upstream_filter: false,
+            chunking: true,
         }
     }
 }
@@ -97,6 +101,7 @@ pub async fn push(
         part_permits: Arc::new(Semaphore::new(jobs)),
         progress: Progress::new(todo.len() as u64, todo.iter().map(|i| i.nar_size).sum()),
         bytes_sent: AtomicU64::new(0),
+        chunking: opts.chunking,
         done,
     });
     let path_permits = Arc::new(Semaphore::new(jobs));

@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::chunked_parts::ChunkedStream;
 use super::http::{Api, Completed, UploadStart};
 use super::parts::NarStream;
 use super::pathinfo::PathInfo;
@@ -33,6 +34,8 @@ pub(crate) struct Ctx {
     pub part_permits: Arc<Semaphore>,
     pub progress: Progress,
     pub bytes_sent: AtomicU64,
+    /// New uploads are chunked (see [`super::chunked_parts`]).
+    pub chunking: bool,
     /// Per path being pushed: `None` while pending, then whether it was
     /// committed. Referrers wait on it before they complete.
     pub done: HashMap<String, watch::Receiver<Option<bool>>>,
@@ -77,15 +80,16 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
     let mut rounds = 0;
     loop {
         let (id, parts) = loop {
-            let (id, part_size, known) = match prepare(&ctx, &info).await? {
+            let (id, part_size, known, chunked) = match prepare(&ctx, &info).await? {
                 Prepared::Committed(outcome) => return Ok(outcome),
                 Prepared::Upload {
                     id,
                     part_size,
                     known,
-                } => (id, part_size, known),
+                    chunked,
+                } => (id, part_size, known, chunked),
             };
-            match send_parts(&ctx, &path, &id, part_size, known, &bar).await {
+            match send_parts(&ctx, &path, &id, part_size, known, chunked, &bar).await {
                 Ok(n) => break (id, n),
                 Err(SendError::Fatal(e)) => return Err(e),
                 Err(SendError::Restart(n)) => {
@@ -175,6 +179,8 @@ enum Prepared {
         id: String,
         part_size: u64,
         known: BTreeMap<u32, String>,
+        /// Created with compression "chunked".
+        chunked: bool,
     },
 }
 
@@ -195,6 +201,7 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
                         id: saved.upload_id,
                         part_size: saved.part_size,
                         known,
+                        chunked: st.compression.as_deref() == Some("chunked"),
                     });
                 }
                 let _ = ctx.api.abandon(&saved.upload_id).await;
@@ -220,9 +227,22 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
         deriver: info.deriver.clone(),
         ca: info.ca.clone(),
         sigs: info.signatures.clone(),
-        compression: Some("zstd".into()),
+        compression: Some(if ctx.chunking { "chunked" } else { "zstd" }.into()),
     };
-    match ctx.api.create_upload(&ctx.cache, &req).await? {
+    let mut chunked = ctx.chunking;
+    let created = match ctx.api.create_upload(&ctx.cache, &req).await {
+        // A server from before chunked uploads: send the NAR whole.
+        Err(e) if chunked && e.status() == Some(400) && e.to_string().contains("\"chunked\"") => {
+            chunked = false;
+            let whole = CreateUpload {
+                compression: Some("zstd".into()),
+                ..req
+            };
+            ctx.api.create_upload(&ctx.cache, &whole).await?
+        }
+        other => other?,
+    };
+    match created {
         UploadStart::Committed => Ok(Prepared::Committed(Outcome::Deduplicated)),
         UploadStart::Created(c) => {
             let part_size = ctx.part_size.min(c.max_part_size).max(1);
@@ -231,27 +251,61 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
                 id: c.id,
                 part_size,
                 known: BTreeMap::new(),
+                chunked,
             })
         }
     }
 }
 
-/// Dumps and compresses the NAR, sends every part the server lacks, and
-/// returns the number of parts.
+/// Where the parts of an upload come from.
+enum PartSource {
+    Whole(NarStream),
+    Chunked(ChunkedStream),
+}
+
+impl PartSource {
+    fn next_part(&mut self, size: usize) -> Result<Option<Vec<u8>>> {
+        match self {
+            PartSource::Whole(s) => s.next_part(size),
+            PartSource::Chunked(s) => s.next_part(size),
+        }
+    }
+
+    fn nar_bytes(&self) -> u64 {
+        match self {
+            PartSource::Whole(s) => s.nar_bytes.load(Ordering::Relaxed),
+            PartSource::Chunked(s) => s.nar_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Dumps and compresses the NAR (whole, or chunked: declaring the
+/// manifest as it goes), sends every part the server lacks, and returns
+/// the number of parts.
 async fn send_parts(
     ctx: &Arc<Ctx>,
     path: &str,
     id: &str,
     part_size: u64,
     known: BTreeMap<u32, String>,
+    chunked: bool,
     bar: &ProgressBar,
 ) -> Result<u32, SendError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Produced>();
     let producer = {
-        let (ctx, path, bar) = (ctx.clone(), path.to_owned(), bar.clone());
+        let (ctx, path, bar, id) = (ctx.clone(), path.to_owned(), bar.clone(), id.to_owned());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || -> Result<u32> {
-            let mut stream = NarStream::start(&path)?;
+            let mut stream = if chunked {
+                PartSource::Chunked(ChunkedStream::start(
+                    &path,
+                    ctx.api.clone(),
+                    &id,
+                    handle.clone(),
+                )?)
+            } else {
+                PartSource::Whole(NarStream::start(&path)?)
+            };
             let (mut n, mut seen) = (0u32, 0u64);
             loop {
                 let permit = handle
@@ -261,7 +315,7 @@ async fn send_parts(
                     break;
                 };
                 n += 1;
-                let now = stream.nar_bytes.load(Ordering::Relaxed);
+                let now = stream.nar_bytes();
                 ctx.progress.add_bytes(now - seen);
                 bar.set_position(now);
                 seen = now;

@@ -32,6 +32,17 @@ pub fn claim(conn: &Conn<'_>, upload_id: &str, blobs: &[(String, u64)]) -> Resul
     Ok(())
 }
 
+/// Claims a blob that has a row already (a stored frame a chunked upload
+/// reuses): GC keeps it until the upload commits or goes.
+pub fn claim_existing(conn: &Conn<'_>, upload_id: &str, blob: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO upload_blobs (upload_id, blob) VALUES (?1, ?2)
+         ON CONFLICT (upload_id, blob) DO NOTHING",
+        params![upload_id, blob],
+    )?;
+    Ok(())
+}
+
 /// Drops the claims of an upload (it published, or is going away).
 pub fn release(conn: &Conn<'_>, upload_id: &str) -> Result<()> {
     conn.execute(

@@ -24,6 +24,7 @@
 
 pub mod blobs;
 pub mod caches;
+pub mod chunks;
 pub mod gc;
 pub mod logs;
 pub mod nars;

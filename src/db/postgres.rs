@@ -78,6 +78,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_shared_uploads",
         include_str!("../../schema/postgres/0009_shared_uploads.sql"),
     ),
+    (
+        "0010_chunks",
+        include_str!("../../schema/postgres/0010_chunks.sql"),
+    ),
 ];
 
 /// How many migrations there are (both engines have as many).

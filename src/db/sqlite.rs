@@ -51,6 +51,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0009_shared_uploads",
         include_str!("../../schema/sqlite/0009_shared_uploads.sql"),
     ),
+    (
+        "0010_chunks",
+        include_str!("../../schema/sqlite/0010_chunks.sql"),
+    ),
 ];
 
 /// How long a statement waits for a lock before it fails with `SQLITE_BUSY`.

@@ -19,6 +19,9 @@ pub const JSON_LIMIT: u64 = 1 << 20;
 
 /// Store paths one `missing` request may ask about.
 pub const MISSING_PATHS: usize = 100_000;
+/// Largest body of a manifest batch: [`crate::upload::MAX_CHUNK_BATCH`]
+/// entries of about 110 bytes of JSON each.
+pub const CHUNKS_LIMIT: u64 = (crate::upload::MAX_CHUNK_BATCH as u64) * 128 + 4096;
 
 /// The cap of a `missing` body: 100 000 of the longest store paths
 /// (`/nix/store/` + 32 + `-` + 211), quoted and comma-separated.

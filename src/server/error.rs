@@ -25,7 +25,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::CacheNotFound(_) | Error::UploadNotFound(_) | Error::NotFound(_) => {
             StatusCode::NOT_FOUND
         }
-        Error::CacheExists(_) | Error::UploadClosed { .. } => StatusCode::CONFLICT,
+        Error::CacheExists(_) | Error::UploadClosed { .. } | Error::ManifestConflict { .. } => {
+            StatusCode::CONFLICT
+        }
         Error::PartTooLarge { .. }
         | Error::LogTooLarge { .. }
         | Error::BodyTooLarge { .. }

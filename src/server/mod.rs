@@ -114,6 +114,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/uploads/{id}", web::delete().to(uploads::abandon))
             .route("/uploads/{id}/parts/{n}", web::put().to(uploads::put_part))
             .route("/uploads/{id}/complete", web::post().to(uploads::complete))
+            .route("/uploads/{id}/chunks", web::post().to(uploads::chunks))
             .default_service(web::to(health::not_found)),
     )
     .route("/{cache}/nix-cache-info", web::get().to(reads::cache_info))

@@ -181,11 +181,15 @@ impl Engine {
                 .dir_of(id)
                 .join(format!("nar-{}.zst", uuid::Uuid::now_v7().simple()));
             let level = self.cfg.zstd_level;
+            let store = self.store.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                Verifier::new(compression, row.nar_size, &out, level)
+                match compression {
+                    Compression::Chunked => Verifier::chunked(row.nar_size, &out, store),
+                    _ => Verifier::new(compression, row.nar_size, &out, level),
+                }
             })
             .await
             .map_err(Error::internal)??
@@ -201,7 +205,18 @@ impl Engine {
             todo.push(n);
             n += 1;
         }
-        if todo.is_empty() {
+        // A chunked upload's manifest grows beside its parts: hand in what
+        // was added since.
+        let manifest = match verifier.manifest_known() {
+            Some(known) => {
+                let key = id.to_owned();
+                self.db
+                    .call(move |c| crate::db::chunks::manifest_from(c, &key, known, u64::MAX))
+                    .await?
+            }
+            None => vec![],
+        };
+        if todo.is_empty() && manifest.is_empty() {
             s.verifier = Some(verifier);
             return Ok(());
         }
@@ -223,7 +238,10 @@ impl Engine {
         let started = std::time::Instant::now();
         let (verifier, folded) = tokio::task::spawn_blocking(move || {
             let mut verifier = verifier;
-            let folded = fold_parts(&mut verifier, &store, sources);
+            let folded = match verifier.extend_manifest(manifest) {
+                Ok(()) => fold_parts(&mut verifier, &store, sources),
+                Err(e) => Folded::Failed(e, verifier.next),
+            };
             (verifier, folded)
         })
         .await
@@ -313,7 +331,8 @@ impl Engine {
             UploadState::Failed => return Err(Error::UploadFailed(row.error.unwrap_or_default())),
             UploadState::Open | UploadState::Verifying => {}
         }
-        if total == 0 {
+        // A chunked upload whose every chunk the server held has no parts.
+        if total == 0 && row.compression != "chunked" {
             return Err(Error::BadRequest("parts must be at least 1".into()));
         }
         let key = id.to_owned();
@@ -612,14 +631,20 @@ impl Engine {
             chunks,
         };
         let id = row.id.clone();
+        let frames = std::mem::take(&mut verdict.frames);
         self.db
             .write(move |tx| {
                 let cache = caches::get_by_id(tx, row.cache_id)?
                     .ok_or_else(|| Error::CacheNotFound(row.cache_id.to_string()))?;
                 if !nars::has_path(tx, cache.id, path.hash_part())? {
-                    let (nar, _) = nars::insert(tx, &new)?;
+                    let (nar, created) = nars::insert(tx, &new)?;
                     if let Some(listing) = &listing {
                         nars::insert_listing(tx, nar.id, listing)?;
+                    }
+                    // A chunked NAR's file is one blob: where its chunks'
+                    // frames are, for later uploads to reuse.
+                    if created && let [file] = new.chunks.as_slice() {
+                        crate::db::chunks::record_frames(tx, &file.blob, &frames)?;
                     }
                     publish_path(tx, &cache, &path, &row.meta, &nar)?;
                 }

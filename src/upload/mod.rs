@@ -16,7 +16,9 @@
 //! On disk: `<data>/uploads/<id>/<n>.part` for parts, `<id>/nar.zst` for the
 //! file the server compresses when the client sent a plain NAR.
 
+mod chunked;
 mod finish;
+mod manifest;
 mod receive;
 pub mod tus;
 pub mod verifier;
@@ -35,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 use crate::store::SharedStore;
 
+pub use manifest::MAX_BATCH as MAX_CHUNK_BATCH;
 pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;
 
@@ -121,6 +124,7 @@ pub enum Completion {
 pub struct Status {
     pub id: String,
     pub store_path: String,
+    pub compression: String,
     pub state: UploadState,
     pub parts: Vec<PartRow>,
     pub received_bytes: u64,
@@ -767,6 +771,7 @@ fn status_of(row: UploadRow, parts: Vec<PartRow>) -> Status {
         received_bytes: parts.iter().map(|p| p.size).sum(),
         id: row.id,
         store_path: row.store_path,
+        compression: row.compression,
         state: row.state,
         parts,
         expires_at: row.expires_at,

@@ -467,7 +467,7 @@ impl Engine {
     }
 }
 
-fn ensure_open(id: &str, state: UploadState) -> Result<()> {
+pub(super) fn ensure_open(id: &str, state: UploadState) -> Result<()> {
     if state == UploadState::Open {
         Ok(())
     } else {

@@ -48,6 +48,10 @@ pub enum Compression {
     /// xz (Nix's default `compression` for `nix copy --to`): decoded,
     /// checked, and stored as zstd like a plain NAR.
     Xz,
+    /// Content-defined chunks: the parts are the zstd frames of the chunks
+    /// the server lacked, the manifest says where the others are (see
+    /// [`super::chunked`]).
+    Chunked,
 }
 
 impl Compression {
@@ -57,6 +61,7 @@ impl Compression {
             "none" => Some(Compression::None),
             "zstd" => Some(Compression::Zstd),
             "xz" => Some(Compression::Xz),
+            "chunked" => Some(Compression::Chunked),
             _ => None,
         }
     }
@@ -70,7 +75,7 @@ impl Compression {
                 .filter(|c| *c != Compression::Xz)
                 .ok_or_else(|| {
                     Error::BadRequest(format!(
-                        "compression {c:?} is not supported: use \"none\" or \"zstd\""
+                        "compression {c:?} is not supported: use \"none\", \"zstd\" or \"chunked\""
                     ))
                 }),
         }
@@ -81,6 +86,7 @@ impl Compression {
             Compression::None => "none",
             Compression::Zstd => "zstd",
             Compression::Xz => "xz",
+            Compression::Chunked => "chunked",
         }
     }
 }
@@ -276,6 +282,8 @@ enum Pipeline {
     Xz(xz2::write::XzDecoder<NarStage>),
     /// NAR bytes in (the sink compresses them).
     Plain(NarStage),
+    /// Chunk frames in (and from the store), NAR out.
+    Chunked(Box<super::chunked::ChunkedPipe>, NarStage),
 }
 
 /// A file the server compressed, ready to be adopted as one blob.
@@ -298,6 +306,8 @@ pub struct Verdict {
     /// The NAR's `.ls` listing as zstd-compressed JSON, built while
     /// verifying (set when the NAR is complete and valid).
     pub listing: Option<Vec<u8>>,
+    /// Chunked uploads: where each chunk's frame lies in `compressed`.
+    pub frames: Vec<super::chunked::FrameAt>,
 }
 
 /// The running verifier of one upload.
@@ -323,6 +333,19 @@ fn stage_error(stage: &mut NarStage, e: io::Error, codec: Compression) -> Error 
             .unwrap_or_else(|| Error::InvalidCompression(decoder_message(codec, &e))),
         Err(internal) => internal,
     }
+}
+
+/// The error of a chunked pipe: the NAR check's own when it stopped (a
+/// write into it failed), else the pipe's.
+fn chunked_error(stage: &mut NarStage, e: Error) -> Error {
+    if stage.failed.load(Ordering::Relaxed) {
+        return stage_error(
+            stage,
+            io::Error::other("the NAR check stopped"),
+            Compression::Chunked,
+        );
+    }
+    e
 }
 
 /// What a decoder's error means for the client.
@@ -366,6 +389,11 @@ impl Verifier {
                     .map_err(Error::internal)?;
                 (Pipeline::Zstd(dec), None)
             }
+            Compression::Chunked => {
+                return Err(Error::internal(
+                    "a chunked verifier is made by Verifier::chunked",
+                ));
+            }
             Compression::None | Compression::Xz => {
                 let file = FileSink {
                     out: BufWriter::with_capacity(1 << 20, File::create(out_path)?),
@@ -394,6 +422,52 @@ impl Verifier {
             out_path,
             buf: vec![0u8; 1 << 20],
         })
+    }
+
+    /// A fresh verifier of a chunked upload, writing the stored file at
+    /// `out_path` and reading held frames from `store`.
+    pub fn chunked(
+        nar_size: u64,
+        out_path: &Path,
+        store: crate::store::SharedStore,
+    ) -> Result<Verifier> {
+        let sink = NarSink {
+            sha: Sha256::new(),
+            bytes: 0,
+            limit: nar_size,
+            validator: NarValidator::with_listing(),
+            error: None,
+            encoder: None,
+        };
+        let pipe = super::chunked::ChunkedPipe::new(out_path, store)?;
+        Ok(Verifier {
+            next: 1,
+            file_sha: Sha256::new(),
+            file_bytes: 0,
+            pipeline: Pipeline::Chunked(Box::new(pipe), NarStage::start(sink)?),
+            out_path: Some(out_path.to_owned()),
+            buf: vec![0u8; 1 << 20],
+        })
+    }
+
+    /// For chunked uploads: manifest entries handed in so far.
+    pub fn manifest_known(&self) -> Option<u64> {
+        match &self.pipeline {
+            Pipeline::Chunked(pipe, _) => Some(pipe.known()),
+            _ => None,
+        }
+    }
+
+    /// For chunked uploads: hands in more of the manifest and takes the
+    /// entries whose frames are at hand.
+    pub fn extend_manifest(&mut self, entries: Vec<crate::db::chunks::Entry>) -> Result<()> {
+        if let Pipeline::Chunked(pipe, stage) = &mut self.pipeline {
+            pipe.extend(entries);
+            if let Err(e) = pipe.pump(stage) {
+                return Err(chunked_error(stage, e));
+            }
+        }
+        Ok(())
     }
 
     /// Folds the next part's bytes, read from `part`.
@@ -434,6 +508,11 @@ impl Verifier {
                     return Err(stage_error(dec.get_mut(), e, Compression::Xz));
                 }
             }
+            Pipeline::Chunked(pipe, stage) => {
+                if let Err(e) = pipe.feed(data, stage) {
+                    return Err(chunked_error(stage, e));
+                }
+            }
         }
         Ok(())
     }
@@ -442,7 +521,15 @@ impl Verifier {
     /// truncated NAR or zstd frame) are reported here.
     pub fn finish(self) -> Result<Verdict> {
         let upload_hash = Sha256Hash(self.file_sha.finalize().into());
+        let mut chunked = None;
         let stage = match self.pipeline {
+            Pipeline::Chunked(pipe, mut stage) => match pipe.finish(&mut stage) {
+                Ok(done) => {
+                    chunked = Some(done);
+                    stage
+                }
+                Err(e) => return Err(chunked_error(&mut stage, e)),
+            },
             Pipeline::Zstd(mut dec) => {
                 // `do_finish` also refuses a stream that stops inside a
                 // frame (no last block, or no checksum): every NAR byte
@@ -481,7 +568,12 @@ impl Verifier {
             Some(l) => Some(zstd::encode_all(&l.to_json()[..], LISTING_ZSTD_LEVEL)?),
             None => None,
         };
+        let (compressed, frames) = match chunked {
+            Some((file, frames)) => (Some(file), frames),
+            None => (None, vec![]),
+        };
         let compressed = match (sink.encoder, self.out_path) {
+            _ if compressed.is_some() => compressed,
             (Some(enc), Some(path)) => {
                 let mut file = enc.finish()?;
                 file.out.flush()?;
@@ -503,6 +595,7 @@ impl Verifier {
             upload_size: self.file_bytes,
             compressed,
             listing,
+            frames,
         })
     }
 }

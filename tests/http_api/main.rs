@@ -10,6 +10,7 @@ mod common;
 
 mod auth;
 mod caches;
+mod chunks;
 mod complete;
 mod nix_put;
 mod parts;

@@ -182,6 +182,24 @@ pub async fn put_part(
     Ok(json_no_store(StatusCode::OK, &ack))
 }
 
+/// `POST /uploads/{id}/chunks`: declares chunks of a chunked upload's
+/// manifest; answers which frames to send.
+pub async fn chunks(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    upload_cache(&state, &req, &path).await?;
+    let body: api::AddChunks = body::json(&req, payload, body::CHUNKS_LIMIT).await?;
+    let may_read = access::pull_check(&state, &req);
+    let send = state
+        .engine
+        .add_chunks(&path, body.from, body.chunks, &may_read)
+        .await?;
+    Ok(json_no_store(StatusCode::OK, &api::ChunksToSend { send }))
+}
+
 /// `GET /uploads/{id}`: what a resuming client needs.
 pub async fn status(
     state: web::Data<AppState>,
