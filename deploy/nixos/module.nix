@@ -71,7 +71,8 @@ let
   configFile = settingsFormat.generate "ferry.toml"
     (lib.filterAttrs (_: v: v != null) (cfg.settings // {
       s3 = s3Settings;
-      "root-key-file" = if cfg.rootKeyFile == null then null else "${credDir}/root-key";
+      "root-key-file" =
+        if cfg.rootKeyFile == null then cfg.settings."root-key-file" else "${credDir}/root-key";
     }));
 
   # "127.0.0.1:8080" or "[::]:8080" -> 8080
@@ -251,6 +252,13 @@ in
             default = null;
             example = "127.0.0.1:9090";
             description = "Address serving /metrics without a token (a Prometheus on the same host); null: none. The main listener serves /metrics to admin tokens only.";
+          };
+
+          "root-key-file" = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/var/lib/ferry/root.key";
+            description = "The token root key's file, read by the service (null: root.key in the data dir, made on first start). For a key shared by several instances, kept as a secret, set rootKeyFile instead.";
           };
 
           "database-url" = mkOption {
