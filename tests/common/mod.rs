@@ -48,8 +48,8 @@ pub use nginx::{
 };
 pub use nix::{
     BlobKind, BlobSpec, BuiltClosure, CacheKey, ClosureSpec, FreshStore, PathInfo, build_closure,
-    dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32, nix_sign,
-    path_info, path_info_in, try_nix_copy_from, write_netrc,
+    build_copy_of, dump_nar, generate_key, nix_cmd, nix_copy_from, nix_copy_to, nix_hash_to_base32,
+    nix_sign, path_info, path_info_in, try_nix_copy_from, write_netrc,
 };
 pub use paths::{Nar, hash_part, noise, store_path};
 pub use tools::{

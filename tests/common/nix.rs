@@ -208,6 +208,27 @@ pub fn build_closure(spec: &ClosureSpec) -> BuiltClosure {
     BuiltClosure { top, blobs, paths }
 }
 
+/// Builds a store path named `name` holding a copy of `dir` (a file or a
+/// directory, read by the builder: no sandbox), with `salt` in the
+/// derivation; returns the path.
+pub fn build_copy_of(name: &str, dir: &Path, salt: &str) -> String {
+    check_name(name);
+    let src = dir.to_str().expect("utf-8 path");
+    assert!(!src.contains('"') && !src.contains('$') && !src.contains('\\') && !salt.contains('"'));
+    let e = format!(
+        "derivation {{ name = \"{name}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"cp -r '{src}' $out\" ]; PATH = \"/usr/bin:/bin\"; salt = \"{salt}\"; }}"
+    );
+    let out = run_ok(
+        nix_cmd("nix-build")
+            .arg("--no-out-link")
+            .arg("--quiet")
+            .arg("-E")
+            .arg(&e),
+    );
+    String::from_utf8(out).unwrap().trim().to_owned()
+}
+
 /// One entry of `nix path-info --json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathInfo {
