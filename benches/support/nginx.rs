@@ -39,6 +39,32 @@ impl Nginx {
         ))
     }
 
+    /// [`Nginx::proxy`] with an access log of `$request_length` per
+    /// request (request line, headers and body as nginx read them): the
+    /// bytes on the wire, see [`Nginx::wire_bytes`].
+    pub fn proxy_logged(upstream: u16) -> Nginx {
+        Nginx::launch(&format!(
+            "  log_format wire '$request_length';\n\
+             \x20 upstream ferry {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n\
+             \x20 server {{ listen 127.0.0.1:{{port}}; client_max_body_size 100m;\n\
+             \x20   access_log wire.log wire;\n\
+             \x20   location / {{ proxy_pass http://ferry; proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\"; proxy_set_header Host $http_host;\n\
+             \x20     proxy_request_buffering off; proxy_buffering off;\n\
+             \x20     proxy_read_timeout 300s; proxy_send_timeout 300s; }} }}\n"
+        ))
+    }
+
+    /// Bytes the clients sent through a [`Nginx::proxy_logged`] so far
+    /// (nginx logs a request when it ends).
+    pub fn wire_bytes(&self) -> u64 {
+        std::fs::read_to_string(self.dir.path().join("wire.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .sum()
+    }
+
     /// A static file server for `root`.
     pub fn files(root: &Path) -> Nginx {
         Nginx::launch(&format!(

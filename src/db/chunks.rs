@@ -174,3 +174,12 @@ pub fn record_frames(
     }
     Ok(())
 }
+
+/// Drops an upload's manifest (it published, or failed).
+pub fn delete_manifest(conn: &Conn<'_>, upload: &str) -> Result<()> {
+    conn.execute(
+        "DELETE FROM upload_manifest WHERE upload_id = ?1",
+        params![upload],
+    )?;
+    Ok(())
+}

@@ -232,9 +232,9 @@ impl ChunkedPipe {
                     if self.held.is_empty() {
                         self.read_held_run(blob, *offset)?;
                     }
-                    self.held.pop_front().ok_or_else(|| {
-                        Error::internal("a held frame was not read")
-                    })?
+                    self.held
+                        .pop_front()
+                        .ok_or_else(|| Error::internal("a held frame was not read"))?
                 }
                 Source::Repeat => {
                     // Its first frame must be in the file before it is read.
@@ -283,7 +283,9 @@ impl ChunkedPipe {
         for e in &self.todo {
             match &e.source {
                 Source::Held { blob: b, offset: o }
-                    if b == blob && *o == end && (end - offset + e.csize <= HELD_RUN || sizes.is_empty()) =>
+                    if b == blob
+                        && *o == end
+                        && (end - offset + e.csize <= HELD_RUN || sizes.is_empty()) =>
                 {
                     sizes.push(e.csize);
                     end += e.csize;

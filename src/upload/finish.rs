@@ -506,7 +506,11 @@ impl Engine {
         let body = e.to_json();
         let key = id.to_owned();
         self.db
-            .write(move |tx| uploads::set_state(tx, &key, UploadState::Failed, None, Some(&body)))
+            .write(move |tx| {
+                uploads::set_state(tx, &key, UploadState::Failed, None, Some(&body))?;
+                crate::db::chunks::delete_manifest(tx, &key)?;
+                blobs::release(tx, &key)
+            })
             .await?;
         self.slots.lock().map_err(Error::internal)?.remove(id);
         let dir = self.dir_of(id);
@@ -650,6 +654,7 @@ impl Engine {
                 }
                 uploads::set_state(tx, &row.id, UploadState::Committed, None, None)?;
                 uploads::delete_parts(tx, &row.id)?;
+                crate::db::chunks::delete_manifest(tx, &row.id)?;
                 blobs::release(tx, &row.id)
             })
             .await?;

@@ -115,6 +115,11 @@ fn new_upload(cache: &CacheRow, metadata: &str) -> Result<NewUpload> {
         StorePath::parse(r, &cache.store_dir)?;
     }
     let compression = Compression::of_parts(m.get("compression").map(|c| c.as_str()))?;
+    if compression == Compression::Chunked {
+        return Err(Error::BadRequest(
+            "compression \"chunked\" needs the parts API (its chunk list has no tus form): use \"none\" or \"zstd\"".into(),
+        ));
+    }
     Ok(NewUpload {
         store_path: StorePath::parse(need("store_path")?, &cache.store_dir)?,
         nar_hash: Sha256Hash::parse(need("nar_hash")?)?,

@@ -1,0 +1,449 @@
+//! Chunked pushes: what crosses the wire, and what chunking costs.
+//!
+//! `ferry push` as a user runs it (real store paths built with Nix, a real
+//! `ferry serve`, nginx with `client_max_body_size 100m` in front, the
+//! tunnel stand-in), the bytes on the wire counted at the proxy
+//! (`$request_length`: request line, headers and body). In one run:
+//!
+//! 1. a 1 GiB text-like path, then a version with about 1 % changed: 100
+//!    edited regions of 0.01 % each spread over it, plus a 4 KiB insertion
+//!    that shifts every later offset. The second push's bytes beside the
+//!    first's (goal ≤ 5 %);
+//! 2. two builds of a "package" (64 files of 2 MiB) that differ only in an
+//!    embedded version string: a store path reference to a dependency,
+//!    whose hash and version change, twice in every file (as an RPATH
+//!    and a string do). The second push's bytes (no goal: every
+//!    chunk holding a reference must go);
+//! 3. the first push of a fresh 1 GiB text-like path, chunked vs
+//!    `--no-chunking` (today's whole-NAR push), each into a fresh server,
+//!    best of two alternating runs (goal: chunked no more than 5 % slower);
+//! 4. ingest of a fresh 1 GiB text-like NAR, chunked beforehand as
+//!    `ferry push` does (so the client's work is not timed): create,
+//!    manifest, parts of 64 MiB with 4 in flight, complete, through nginx.
+//!    Beside it, from the same run: `dd conv=fsync` of the wire bytes, and
+//!    SHA-256 of the NAR bytes with the server's hashing code (sha2); the
+//!    goal is ingest time ≤ max of the two / 0.8.
+//!
+//! Run: `cargo bench --bench dedup`. Knob: `FERRY_BENCH_DEDUP_MIB`
+//! (default 1024). Needs Nix (single-user, as root here; the bench sets
+//! its own `NIX_CONFIG`) and nginx. The store paths it builds are deleted
+//! at the end.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+use support::nginx::Nginx;
+use support::{Server, at_least, at_most, dd_fsync, env_num, mbps, work_dir};
+
+const NIX_CONFIG: &str =
+    "build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n";
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// `len` bytes of text-like lines (words from a 1024-word vocabulary):
+/// zstd -3 shrinks it about 3×.
+fn text_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let words: Vec<Vec<u8>> = (0..1024)
+        .map(|_| {
+            let n = 3 + (rng.next() % 8) as usize;
+            (0..n).map(|_| b'a' + (rng.next() % 26) as u8).collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        let r = rng.next();
+        out.extend_from_slice(&words[(r % 1024) as usize]);
+        out.push(if r >> 60 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+/// About 1 % of `base` changed: 100 regions spread over it, each
+/// overwritten with other text, and a 4 KiB insertion at a third.
+fn one_percent_changed(base: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    let region = base.len() / 10_000; // 0.01 % each, 100 of them
+    let other = text_like(region, 99);
+    for k in 0..100 {
+        let at = base.len() / 101 * (k + 1);
+        out[at..at + region].copy_from_slice(&other);
+    }
+    let third = out.len() / 3;
+    out.splice(third..third, text_like(4096, 98));
+    out
+}
+
+/// A `ferry` client with a home of its own.
+struct Client {
+    home: tempfile::TempDir,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Duration {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("XDG_STATE_HOME", self.home.path().join("state"))
+            .env("HOME", self.home.path())
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run ferry");
+        assert!(
+            out.status.success(),
+            "ferry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed()
+    }
+}
+
+/// A fresh server with a logged proxy, a client logged in through it, and
+/// a cache `main`.
+struct Site {
+    _dir: tempfile::TempDir,
+    _server: Server,
+    nginx: Nginx,
+    client: Client,
+}
+
+impl Site {
+    fn new(base: &Path) -> Site {
+        let dir = tempfile::tempdir_in(base).expect("tempdir");
+        let server = Server::start(&dir.path().join("data"));
+        let nginx = Nginx::proxy_logged(server.port);
+        let client = Client::new();
+        client.run(&["login", "b", &nginx.url(), &server.token]);
+        client.run(&["cache", "create", "b:main"]);
+        Site {
+            _dir: dir,
+            _server: server,
+            nginx,
+            client,
+        }
+    }
+
+    /// Pushes `path` (with `extra` arguments): time and bytes at the proxy.
+    fn push(&self, path: &str, extra: &[&str]) -> (Duration, u64) {
+        let before = self.nginx.wire_bytes();
+        let mut args = vec!["push", "b:main", path];
+        args.extend_from_slice(extra);
+        let t = self.client.run(&args);
+        // nginx logs a request once it has ended; the last one may lag.
+        std::thread::sleep(Duration::from_millis(200));
+        (t, self.nginx.wire_bytes() - before)
+    }
+}
+
+/// Builds a store path holding a copy of `src` (file or directory).
+fn build_copy(name: &str, src: &Path, salt: &str) -> String {
+    let e = format!(
+        "derivation {{ name = \"{name}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"cp -r '{}' $out\" ]; PATH = \"/usr/bin:/bin\"; salt = \"{salt}\"; }}",
+        src.display()
+    );
+    let out = Command::new("nix-build")
+        .args(["--no-out-link", "--quiet", "-E", &e])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .expect("nix-build (is Nix installed? run .ci/run)");
+    assert!(
+        out.status.success(),
+        "nix-build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn write(path: &Path, bytes: &[u8]) -> PathBuf {
+    std::fs::write(path, bytes).expect("write");
+    path.to_owned()
+}
+
+/// A package directory: 64 files of 2 MiB, each with 2 references to
+/// `/nix/store/<hash>-libdep-<version>/lib` (as an ELF file has its RPATH
+/// near the start and a string in its data; a script, its shebang).
+fn package(dir: &Path, hash: &str, version: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let reference = format!("/nix/store/{hash}-libdep-{version}/lib");
+    for f in 0..64u64 {
+        let mut bytes = text_like(2 << 20, 1000 + f);
+        for at in [bytes.len() / 10, bytes.len() / 10 * 6] {
+            bytes[at..at + reference.len()].copy_from_slice(reference.as_bytes());
+        }
+        std::fs::write(dir.join(format!("file-{f}")), bytes).expect("write");
+    }
+    dir.to_owned()
+}
+
+fn main() {
+    let mib: usize = env_num("FERRY_BENCH_DEDUP_MIB", 1024);
+    let size = mib << 20;
+    let work = work_dir();
+    let w = work.path();
+    let salt = format!("{}", std::process::id());
+    let mut built = vec![];
+    println!("Chunked pushes through nginx, {mib} MiB text-like paths (2-core VM, one run):");
+
+    // 1. A 1 % change.
+    let v1 = text_like(size, 1);
+    let v2 = one_percent_changed(&v1);
+    let p1 = build_copy("dedup-v1", &write(&w.join("v1"), &v1), &salt);
+    let p2 = build_copy("dedup-v2", &write(&w.join("v2"), &v2), &salt);
+    built.extend([p1.clone(), p2.clone()]);
+    drop((v1, v2));
+    let site = Site::new(w);
+    let (_, first) = site.push(&p1, &[]);
+    let (_, second) = site.push(&p2, &[]);
+    let share = second as f64 / first as f64;
+    println!(
+        "  1 % changed, second push      {:>5.1} % of the first   {}  ({second} bytes at the proxy; first {first}; NAR {size})",
+        100.0 * share,
+        at_most(share, 0.05, "5 %"),
+    );
+
+    // 2. A version string inside every file.
+    let a = package(&w.join("pkg-a"), "0a7dzn2m7m3p5gn5f1x1ysvl2lm7c4ii", "1.0");
+    let b = package(&w.join("pkg-b"), "9kqv2lgm0bbj0sdd1l5ghzc4j4pbjyhm", "1.1");
+    let pa = build_copy("dedup-pkg", &a, &salt);
+    let pb = build_copy("dedup-pkg", &b, &format!("{salt}-b"));
+    built.extend([pa.clone(), pb.clone()]);
+    let (_, pkg_first) = site.push(&pa, &[]);
+    let (_, pkg_second) = site.push(&pb, &[]);
+    println!(
+        "  version string in 64 files    {:>5.1} % of the first   ({pkg_second} bytes; first {pkg_first}; 2 references per 2 MiB file)",
+        100.0 * pkg_second as f64 / pkg_first as f64,
+    );
+    drop(site);
+
+    // 3. First push: chunked vs whole, fresh servers, alternating.
+    let fresh = text_like(size, 2);
+    let p3 = build_copy("dedup-fresh", &write(&w.join("fresh"), &fresh), &salt);
+    built.push(p3.clone());
+    let (mut chunked, mut whole) = (Duration::MAX, Duration::MAX);
+    for round in 0..2 {
+        for mode in if round == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let site = Site::new(w);
+            let (t, _) = site.push(&p3, if mode { &[] } else { &["--no-chunking"] });
+            if mode {
+                chunked = chunked.min(t);
+            } else {
+                whole = whole.min(t);
+            }
+        }
+    }
+    let slower = chunked.as_secs_f64() / whole.as_secs_f64();
+    println!(
+        "  first push, chunked/whole     {slower:>5.2}×                 {}  (chunked {:.2} s, --no-chunking {:.2} s; best of 2 each)",
+        at_most(slower, 1.05, "1.05×"),
+        chunked.as_secs_f64(),
+        whole.as_secs_f64(),
+    );
+
+    // 4. Server ingest of a chunked NAR, against dd and SHA-256.
+    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
+        executable: false,
+        contents: fresh,
+    });
+    let ingest = ingest(w, &nar);
+    let sha_start = Instant::now();
+    let mut sha = sha2::Sha256::new();
+    sha.update(&nar);
+    let _ = sha.finalize();
+    let sha_time = sha_start.elapsed();
+    let dd = dd_fsync(&ingest.wire_file, w);
+    let dd_time = Duration::from_secs_f64(ingest.wire_bytes as f64 / 1e6 / dd);
+    let bound = sha_time.max(dd_time);
+    let ratio = bound.as_secs_f64() / ingest.time.as_secs_f64();
+    println!(
+        "  ingest, fresh chunked NAR    {ratio:>5.2}× the bound      {}  (ferry {:.2} s = {:.0} MB/s of NAR; dd conv=fsync of the {} wire bytes {:.2} s; SHA-256 of the NAR {:.2} s = {:.0} MB/s)",
+        at_least(ratio, 0.8, "0.8×"),
+        ingest.time.as_secs_f64(),
+        mbps(nar.len() as u64, ingest.time),
+        ingest.wire_bytes,
+        dd_time.as_secs_f64(),
+        sha_time.as_secs_f64(),
+        mbps(nar.len() as u64, sha_time),
+    );
+
+    let _ = Command::new("nix-store")
+        .arg("--delete")
+        .args(&built)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// What [`ingest`] measured.
+struct Ingested {
+    time: Duration,
+    wire_file: PathBuf,
+    wire_bytes: u64,
+}
+
+/// Chunks `nar` as `ferry push` does, then times its upload through nginx
+/// to a fresh server: create, manifest in batches, parts of 64 MiB with 4
+/// in flight, complete.
+fn ingest(w: &Path, nar: &[u8]) -> Ingested {
+    use ferry::client::chunk;
+    let chunks: Vec<chunk::Chunk> = chunk::chunks(
+        std::io::Cursor::new(nar.to_vec()),
+        chunk::DEFAULT_SIZES,
+        3,
+        2,
+    )
+    .collect::<std::io::Result<_>>()
+    .expect("chunking");
+    let wire: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| c.frame.iter().copied())
+        .collect();
+    let wire_file = write(&w.join("wire.bin"), &wire);
+    let dir = tempfile::tempdir_in(w).expect("tempdir");
+    let server = Server::start(&dir.path().join("data"));
+    let nginx = Nginx::proxy(server.port);
+    ferry::client::install_tls_provider();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let http = reqwest::Client::new();
+    let base = nginx.url();
+    let auth = format!("Bearer {}", server.token);
+    let nar_hash = format!("sha256:{}", hex_sha256(nar));
+    let time = rt.block_on(async {
+        let post = |path: String, body: serde_json::Value| {
+            let (http, auth, base) = (http.clone(), auth.clone(), base.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}{path}"))
+                    .header("authorization", auth)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status();
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                assert!(status.is_success(), "{path}: {status} {v}");
+                v
+            }
+        };
+        post(
+            "/_api/v1/caches".into(),
+            serde_json::json!({"name": "main", "public": false}),
+        )
+        .await;
+        let start = Instant::now();
+        let created = post(
+            "/_api/v1/caches/main/uploads".into(),
+            serde_json::json!({
+                "store_path": "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-dedup-ingest",
+                "nar_hash": nar_hash, "nar_size": nar.len(), "compression": "chunked",
+            }),
+        )
+        .await;
+        let id = created["id"].as_str().expect("upload id").to_owned();
+        let mut send = 0usize;
+        for (b, batch) in chunks.chunks(2048).enumerate() {
+            let decls: Vec<_> = batch
+                .iter()
+                .map(|c| serde_json::json!({"blake3": c.entry.blake3, "size": c.entry.size, "csize": c.entry.csize}))
+                .collect();
+            let v = post(
+                format!("/_api/v1/uploads/{id}/chunks"),
+                serde_json::json!({"from": b * 2048, "chunks": decls}),
+            )
+            .await;
+            send += v["send"].as_array().map_or(0, |a| a.len());
+        }
+        assert_eq!(send, chunks.len(), "a fresh server holds nothing");
+        let part = 64 << 20;
+        let parts = wire.len().div_ceil(part);
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..parts {
+            let permit = permits.clone().acquire_owned().await.expect("permit");
+            let body = wire[n * part..((n + 1) * part).min(wire.len())].to_vec();
+            let (http, auth, url) = (
+                http.clone(),
+                auth.clone(),
+                format!("{base}/_api/v1/uploads/{id}/parts/{}", n + 1),
+            );
+            tasks.spawn(async move {
+                let r = http
+                    .put(url)
+                    .header("authorization", auth)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("part");
+                assert!(r.status().is_success(), "part: {}", r.status());
+                drop(permit);
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("part task");
+        }
+        let mut v = post(
+            format!("/_api/v1/uploads/{id}/complete"),
+            serde_json::json!({"parts": parts}),
+        )
+        .await;
+        while v["state"] == "verifying" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            v = http
+                .get(format!("{base}/_api/v1/uploads/{id}"))
+                .header("authorization", auth.clone())
+                .send()
+                .await
+                .expect("state")
+                .json()
+                .await
+                .expect("json");
+        }
+        assert_eq!(v["state"], "committed", "{v}");
+        start.elapsed()
+    });
+    drop(server);
+    Ingested {
+        time,
+        wire_bytes: wire.len() as u64,
+        wire_file,
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
