@@ -19,9 +19,10 @@ CREATE TABLE upload_manifest (
 );
 
 -- Where each chunk's frame is stored: the stored file of a chunked NAR is
--- the concatenation of its chunks' frames (one blob, read as before), and
--- each chunk (by the blake3 of its bytes) is found here for later uploads
--- to reuse. Rows go with their blob.
+-- the concatenation of its chunks' frames, kept as ranges of blobs (its
+-- parts, and the blobs held frames lie in: see nar_chunks.blob_offset
+-- below), and each new chunk (by the blake3 of its bytes) is found here
+-- for later uploads to reuse. Rows go with their blob.
 CREATE TABLE chunk_frames (
     blake3        TEXT NOT NULL,
     blob          TEXT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
@@ -31,3 +32,7 @@ CREATE TABLE chunk_frames (
     PRIMARY KEY (blake3, blob)
 );
 CREATE INDEX chunk_frames_blob ON chunk_frames(blob);
+
+-- A chunked NAR's file is ranges of blobs (its parts, and the blobs its
+-- held chunks' frames lie in): where in its blob each piece starts.
+ALTER TABLE nar_chunks ADD COLUMN blob_offset BIGINT NOT NULL DEFAULT 0;

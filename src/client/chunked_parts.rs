@@ -1,7 +1,7 @@
 //! The bytes of a chunked upload: `nix-store --dump PATH` cut into
 //! content-defined chunks ([`super::chunk`]), the manifest declared to the
 //! server in batches, and the zstd frames of the chunks it lacks packed
-//! into parts of an exact size (a frame may span two parts).
+//! whole into parts of at most the part size.
 //!
 //! Deterministic like [`super::parts::NarStream`]: the same NAR gives the
 //! same chunks and frames, and the server answers a batch sent again with
@@ -143,12 +143,14 @@ impl ChunkedStream {
         Ok(true)
     }
 
-    /// The next part of exactly `size` bytes (fewer only for the last), or
-    /// `None` after the last one (and after checking that `nix-store`
-    /// succeeded).
+    /// The next part: whole frames, as many as fit in `size` bytes (a
+    /// frame larger than `size` alone is cut, the rest starting the next
+    /// part), or `None` after the last one (and after checking that
+    /// `nix-store` succeeded). Parts that end at frame boundaries let the
+    /// server find every new frame inside one stored blob later.
     pub fn next_part(&mut self, size: usize) -> Result<Option<Vec<u8>>> {
         let mut part = Vec::with_capacity(size.min(64 << 20));
-        while part.len() < size {
+        loop {
             let Some(front) = self.ready.front() else {
                 if self.done || !self.next_batch()? {
                     self.done = true;
@@ -156,12 +158,19 @@ impl ChunkedStream {
                 }
                 continue;
             };
-            let take = (front.len() - self.taken).min(size - part.len());
+            let rest = front.len() - self.taken;
+            if !part.is_empty() && part.len() + rest > size {
+                break;
+            }
+            let take = rest.min(size - part.len());
             part.extend_from_slice(&front[self.taken..self.taken + take]);
             self.taken += take;
             if self.taken == front.len() {
                 self.ready.pop_front();
                 self.taken = 0;
+            }
+            if part.len() == size {
+                break;
             }
         }
         if part.is_empty() {

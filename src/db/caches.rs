@@ -293,6 +293,7 @@ mod tests {
             .write(move |tx| {
                 let chunk = |b: &str| crate::db::nars::Chunk {
                     blob: b.repeat(32),
+                    offset: 0,
                     size: 1,
                 };
                 let nar = |h: &[u8], size: u64, blob: &str| crate::db::nars::NewNar {

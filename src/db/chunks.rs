@@ -2,8 +2,8 @@
 //! of its NAR in order and where each one's zstd frame comes from) and
 //! the stored frames later uploads may reuse (`chunk_frames`).
 //!
-//! See `schema/sqlite/0010_chunks.sql`. A stored chunked NAR is still one
-//! blob (the concatenation of its chunks' frames), read as any other; a
+//! See `schema/sqlite/0010_chunks.sql`. A stored chunked NAR is a list of
+//! byte ranges of blobs (`nar_chunks.blob_offset`), read as any other; a
 //! `chunk_frames` row says where in which blob a chunk's frame lies, and
 //! goes with its blob.
 
@@ -158,14 +158,10 @@ pub fn frame_exists(conn: &Conn<'_>, blake3: &str, blob: &str) -> Result<bool> {
     )
 }
 
-/// Records where the frames of a new blob's chunks are: (blake3, offset,
+/// Records where the frames of new chunks are: (blake3, blob, offset,
 /// csize, size) each.
-pub fn record_frames(
-    conn: &Conn<'_>,
-    blob: &str,
-    frames: &[(String, u64, u64, u64)],
-) -> Result<()> {
-    for (blake3, offset, csize, size) in frames {
+pub fn record_frames(conn: &Conn<'_>, frames: &[crate::upload::FrameAt]) -> Result<()> {
+    for (blake3, blob, offset, csize, size) in frames {
         conn.execute(
             "INSERT INTO chunk_frames (blake3, blob, frame_offset, csize, size)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (blake3, blob) DO NOTHING",

@@ -27,6 +27,9 @@ pub struct NarRow {
 pub struct Chunk {
     /// blake3 hex of the blob.
     pub blob: String,
+    /// Where in the blob this piece of the file starts (0 but for chunked
+    /// NARs, whose file is ranges of several blobs).
+    pub offset: u64,
     pub size: u64,
 }
 
@@ -85,8 +88,8 @@ pub fn insert(conn: &Conn<'_>, nar: &NewNar) -> Result<(NarRow, bool)> {
     )?;
     for (seq, c) in nar.chunks.iter().enumerate() {
         conn.execute(
-            "INSERT INTO nar_chunks (nar_id, seq, blob, size) VALUES (?1, ?2, ?3, ?4)",
-            params![id, seq as i64, c.blob, c.size as i64],
+            "INSERT INTO nar_chunks (nar_id, seq, blob, size, blob_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, seq as i64, c.blob, c.size as i64, c.offset as i64],
         )?;
     }
     let row = NarRow {
@@ -103,12 +106,13 @@ pub fn insert(conn: &Conn<'_>, nar: &NewNar) -> Result<(NarRow, bool)> {
 /// The chunks of a NAR, in order.
 pub fn chunks(conn: &Conn<'_>, nar_id: i64) -> Result<Vec<Chunk>> {
     conn.query_all(
-        "SELECT blob, size FROM nar_chunks WHERE nar_id = ?1 ORDER BY seq",
+        "SELECT blob, size, blob_offset FROM nar_chunks WHERE nar_id = ?1 ORDER BY seq",
         params![nar_id],
         |r| {
             Ok(Chunk {
                 blob: r.get(0)?,
                 size: r.get::<i64>(1)? as u64,
+                offset: r.get::<i64>(2)? as u64,
             })
         },
     )

@@ -80,10 +80,12 @@ pub struct BlobInfo {
 /// A shared blob store.
 pub type SharedStore = Arc<dyn BlobStore>;
 
-/// One blob of a NAR file with its size, as listed in the database.
+/// One piece of a NAR file, as listed in the database: `size` bytes of
+/// blob `blob` from `offset` (0 and the whole blob but for chunked NARs).
 #[derive(Clone, Debug)]
 pub struct ChunkRef {
     pub blob: BlobId,
+    pub offset: u64,
     pub size: u64,
 }
 
@@ -106,7 +108,7 @@ impl ChainReader {
             start = c_end;
             let (from, to) = (offset.max(c_start), end.min(c_end));
             if from < to {
-                plan.push_back((c.blob.clone(), from - c_start, to - from));
+                plan.push_back((c.blob.clone(), c.offset + from - c_start, to - from));
             }
         }
         ChainReader {
@@ -167,6 +169,7 @@ mod tests {
             store.adopt(&id, &tmp).unwrap();
             chunks.push(ChunkRef {
                 blob: id,
+                offset: 0,
                 size: p.len() as u64,
             });
         }

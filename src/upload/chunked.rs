@@ -5,28 +5,31 @@
 //! says for every chunk of the NAR where its frame comes from. The pipe
 //! walks it: a sent frame is cut from the parts' bytes (its declared
 //! `csize`), a held one is read from the blob store, a repeated one from
-//! the file being written. Frames are independent, so they are
+//! where its first occurrence lies. Frames are independent, so they are
 //! decompressed and checked (size, blake3) on several threads at once; the
 //! results are taken in manifest order into the NAR check (SHA-256,
-//! structure, listing: one thread, the ceiling) and their frames appended
-//! to the stored file, the NAR as `.nar.zst` (concatenated frames, which
-//! Nix reads as one stream).
+//! structure, listing: one thread, the ceiling).
+//!
+//! Nothing is written: the stored file, the NAR as `.nar.zst` (its frames
+//! concatenated, which Nix reads as one stream), is described as a list
+//! of byte ranges of blobs ([`Layout`]): ranges of the upload's parts for
+//! sent frames (each part becomes a blob, as for zstd uploads), ranges of
+//! the blobs that held frames came from. A fresh NAR is then stored as
+//! its parts, with no second write; a new version of a path mostly points
+//! into the blobs of the old one.
 //!
 //! A sent frame that does not decode to its declared chunk is a verdict
 //! on the client's bytes; a stored frame that does not is a fault.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
-use super::verifier::CompressedFile;
 use crate::db::chunks::{Entry, Source};
 use crate::error::{Error, Result};
 use crate::nar::Sha256Hash;
@@ -38,22 +41,46 @@ pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
 /// The most bytes of held frames read at once.
 const HELD_RUN: u64 = 16 << 20;
 
-/// Where a chunk's frame lies in the stored file: (blake3, offset, csize,
-/// size).
-pub type FrameAt = (String, u64, u64, u64);
+/// A new chunk frame lying whole inside one blob: (blake3, blob, offset,
+/// csize, size), for `chunk_frames`.
+pub type FrameAt = (String, String, u64, u64, u64);
+
+/// The stored file of a chunked NAR.
+pub struct Layout {
+    /// The file, as (blob, offset, length) ranges in order; adjacent
+    /// ranges of one blob are merged.
+    pub ranges: Vec<(String, u64, u64)>,
+    /// SHA-256 and size of the file (the frames in manifest order).
+    pub file_hash: Sha256Hash,
+    pub file_size: u64,
+    /// Where the frames of chunks new to the server lie.
+    pub frames: Vec<FrameAt>,
+}
+
+/// Where a frame lies.
+#[derive(Clone, Debug)]
+enum Loc {
+    /// At this offset of the parts' byte stream.
+    Stream(u64),
+    /// At this offset of a stored blob.
+    Blob(String, u64),
+}
+
+/// A part folded so far: its blob id (blake3), where it starts in the
+/// parts' byte stream, its size, and its local file (if still there).
+struct PartAt {
+    blob: String,
+    start: u64,
+    size: u64,
+    path: PathBuf,
+}
 
 /// A frame to decode, and where to send the outcome.
 struct Job {
     frame: Vec<u8>,
     size: u64,
     blake3: String,
-    reply: SyncSender<std::result::Result<Decoded, String>>,
-}
-
-/// A frame and the chunk it decoded to (checked).
-struct Decoded {
-    frame: Vec<u8>,
-    data: Vec<u8>,
+    reply: SyncSender<std::result::Result<Vec<u8>, String>>,
 }
 
 /// Threads decoding frames.
@@ -78,7 +105,7 @@ impl Pool {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let _ = job.reply.send(decode(job.frame, job.size, &job.blake3));
+                        let _ = job.reply.send(decode(&job.frame, job.size, &job.blake3));
                     }
                 })
                 .map_err(Error::internal)?;
@@ -101,10 +128,10 @@ impl Drop for Pool {
 }
 
 /// Decodes one frame into exactly `size` bytes whose blake3 is `blake3`.
-fn decode(frame: Vec<u8>, size: u64, blake3: &str) -> std::result::Result<Decoded, String> {
+fn decode(frame: &[u8], size: u64, blake3: &str) -> std::result::Result<Vec<u8>, String> {
     // The capacity bounds the output: a frame that would decode to more
     // than declared fails here, before allocating more.
-    let data = zstd::bulk::decompress(&frame, size as usize).map_err(|e| {
+    let data = zstd::bulk::decompress(frame, size as usize).map_err(|e| {
         format!("its frame is not valid zstd or decodes to more than {size} bytes ({e})")
     })?;
     if data.len() as u64 != size {
@@ -117,18 +144,15 @@ fn decode(frame: Vec<u8>, size: u64, blake3: &str) -> std::result::Result<Decode
     if got.as_str() != blake3 {
         return Err(format!("its bytes hash to blake3 {got}, not {blake3}"));
     }
-    Ok(Decoded { frame, data })
+    Ok(data)
 }
 
-/// The stored file being written, hashed as it is written.
-struct OutFile {
-    out: BufWriter<File>,
-    /// The same file, for reading back repeated frames.
-    reader: File,
-    path: PathBuf,
-    sha: Sha256,
-    blake: blake3::Hasher,
-    bytes: u64,
+/// A frame in flight: its entry, where it lies, and its decoding.
+struct Flight {
+    entry: Entry,
+    loc: Loc,
+    frame: Vec<u8>,
+    decoded: Receiver<std::result::Result<Vec<u8>, String>>,
 }
 
 /// Frames of one chunked upload in, NAR bytes out (into `nar`).
@@ -137,32 +161,34 @@ pub struct ChunkedPipe {
     todo: VecDeque<Entry>,
     /// Entries handed in so far.
     known: u64,
-    /// Bytes of the parts not yet cut into frames, from `consumed` on.
+    /// Bytes of the parts not yet cut into frames, from `consumed` on;
+    /// `pending[0]` is at `base` in the parts' byte stream.
     pending: Vec<u8>,
     consumed: usize,
-    out: OutFile,
-    /// Where each chunk's first frame went in the stored file.
-    written: HashMap<String, (u64, u64)>,
-    frames: Vec<FrameAt>,
+    base: u64,
+    /// The parts fed so far, in order.
+    parts: Vec<PartAt>,
+    fed: u64,
+    /// The stored file as it grows: its ranges, hash and size.
+    ranges: Vec<(Loc, u64)>,
+    sha: Sha256,
+    file_size: u64,
+    /// Where each chunk's first frame lies.
+    first: HashMap<String, (Loc, u64, u64)>,
     store: SharedStore,
     pool: Pool,
     /// Held frames read ahead (see [`ChunkedPipe::read_held_run`]), for
     /// the held entries at the front of `todo`.
     held: VecDeque<Vec<u8>>,
     /// Frames being decoded, oldest first.
-    inflight: VecDeque<(Entry, Receiver<std::result::Result<Decoded, String>>)>,
+    inflight: VecDeque<Flight>,
     depth: usize,
 }
 
 impl ChunkedPipe {
-    /// A pipe writing the stored file at `out_path`.
-    pub fn new(out_path: &Path, store: SharedStore) -> Result<ChunkedPipe> {
-        let file = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(out_path)?;
+    /// A pipe reading held and repeated frames from `store` (and the
+    /// upload's part files).
+    pub fn new(store: SharedStore) -> Result<ChunkedPipe> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -172,19 +198,16 @@ impl ChunkedPipe {
             known: 0,
             pending: vec![],
             consumed: 0,
-            out: OutFile {
-                reader: file.try_clone()?,
-                out: BufWriter::with_capacity(1 << 20, file),
-                path: out_path.to_owned(),
-                sha: Sha256::new(),
-                blake: blake3::Hasher::new(),
-                bytes: 0,
-            },
-            written: HashMap::new(),
-            frames: vec![],
-            held: VecDeque::new(),
+            base: 0,
+            parts: vec![],
+            fed: 0,
+            ranges: vec![],
+            sha: Sha256::new(),
+            file_size: 0,
+            first: HashMap::new(),
             store,
             pool: Pool::start(threads)?,
+            held: VecDeque::new(),
             inflight: VecDeque::new(),
             depth: threads * 2 + 2,
         })
@@ -205,55 +228,73 @@ impl ChunkedPipe {
         }
     }
 
-    /// Takes bytes of the parts, in order.
+    /// A part begins: its blob id and local file.
+    pub fn begin_part(&mut self, blob: &str, path: PathBuf) {
+        self.parts.push(PartAt {
+            blob: blob.to_owned(),
+            start: self.fed,
+            size: 0,
+            path,
+        });
+    }
+
+    /// Takes bytes of the current part.
     pub fn feed(&mut self, data: &[u8], nar: &mut dyn Write) -> Result<()> {
         if self.consumed > (1 << 20) && self.consumed * 2 > self.pending.len() {
             self.pending.drain(..self.consumed);
+            self.base += self.consumed as u64;
             self.consumed = 0;
         }
         self.pending.extend_from_slice(data);
+        self.fed += data.len() as u64;
+        if let Some(p) = self.parts.last_mut() {
+            p.size += data.len() as u64;
+        }
         self.pump(nar)
     }
 
     /// Takes every entry whose frame is at hand.
     pub fn pump(&mut self, nar: &mut dyn Write) -> Result<()> {
         while let Some(entry) = self.todo.front().cloned() {
-            let frame = match &entry.source {
+            let (loc, frame) = match &entry.source {
                 Source::Sent => {
                     let end = self.consumed as u64 + entry.csize;
                     if (self.pending.len() as u64) < end {
                         break;
                     }
+                    let at = self.base + self.consumed as u64;
                     let frame = self.pending[self.consumed..end as usize].to_vec();
                     self.consumed = end as usize;
-                    frame
+                    (Loc::Stream(at), frame)
                 }
                 Source::Held { blob, offset } => {
                     if self.held.is_empty() {
                         self.read_held_run(blob, *offset)?;
                     }
-                    self.held
+                    let frame = self
+                        .held
                         .pop_front()
-                        .ok_or_else(|| Error::internal("a held frame was not read"))?
+                        .ok_or_else(|| Error::internal("a held frame was not read"))?;
+                    (Loc::Blob(blob.clone(), *offset), frame)
                 }
                 Source::Repeat => {
-                    // Its first frame must be in the file before it is read.
-                    while !self.inflight.is_empty() {
-                        self.collect_one(nar)?;
-                    }
-                    let (offset, csize) = *self.written.get(&entry.blake3).ok_or_else(|| {
-                        Error::internal("a repeated chunk's first frame was not written")
-                    })?;
-                    self.out.out.flush()?;
-                    let mut frame = vec![0u8; csize as usize];
-                    self.out.reader.read_exact_at(&mut frame, offset)?;
-                    frame
+                    let (loc, csize, _) =
+                        self.first.get(&entry.blake3).cloned().ok_or_else(|| {
+                            Error::internal("a repeated chunk's first frame is unknown")
+                        })?;
+                    let frame = self.read_at(&loc, csize)?;
+                    (loc, frame)
                 }
             };
             self.todo.pop_front();
-            let (reply, rx) = sync_channel(1);
+            self.first.entry(entry.blake3.clone()).or_insert((
+                loc.clone(),
+                frame.len() as u64,
+                entry.size,
+            ));
+            let (reply, decoded) = sync_channel(1);
             let job = Job {
-                frame,
+                frame: frame.clone(),
                 size: entry.size,
                 blake3: entry.blake3.clone(),
                 reply,
@@ -264,7 +305,12 @@ impl ChunkedPipe {
                 .ok_or_else(|| Error::internal("frame pool gone"))?
                 .send(job)
                 .map_err(|_| Error::internal("frame pool stopped"))?;
-            self.inflight.push_back((entry, rx));
+            self.inflight.push_back(Flight {
+                entry,
+                loc,
+                frame,
+                decoded,
+            });
             while self.inflight.len() >= self.depth {
                 self.collect_one(nar)?;
             }
@@ -285,7 +331,7 @@ impl ChunkedPipe {
                 Source::Held { blob: b, offset: o }
                     if b == blob
                         && *o == end
-                        && (end - offset + e.csize <= HELD_RUN || sizes.is_empty()) =>
+                        && (sizes.is_empty() || end - offset + e.csize <= HELD_RUN) =>
                 {
                     sizes.push(e.csize);
                     end += e.csize;
@@ -302,47 +348,90 @@ impl ChunkedPipe {
         Ok(())
     }
 
-    /// Takes the oldest decoded frame into the NAR check and the file.
+    /// The `len` bytes at `loc`: from a stored blob, or from the parts
+    /// (their local files, else their copies in the store).
+    fn read_at(&self, loc: &Loc, len: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        match loc {
+            Loc::Blob(blob, offset) => {
+                self.store
+                    .open(blob, *offset)?
+                    .take(len)
+                    .read_to_end(&mut out)?;
+            }
+            Loc::Stream(at) => {
+                for (blob, offset, n) in self.stream_ranges(*at, len)? {
+                    let mut reader: Box<dyn Read> = match self
+                        .parts
+                        .iter()
+                        .find(|p| p.blob == blob)
+                        .and_then(|p| std::fs::File::open(&p.path).ok())
+                    {
+                        Some(mut f) => {
+                            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset))?;
+                            Box::new(f)
+                        }
+                        None => self.store.open(&blob, offset)?,
+                    };
+                    reader.by_ref().take(n).read_to_end(&mut out)?;
+                }
+            }
+        }
+        if out.len() as u64 != len {
+            return Err(Error::internal("a stored frame is shorter than recorded"));
+        }
+        Ok(out)
+    }
+
+    /// The parts' byte range `[at, at + len)` as (part blob, offset, len).
+    fn stream_ranges(&self, at: u64, len: u64) -> Result<Vec<(String, u64, u64)>> {
+        let mut out = vec![];
+        let end = at + len;
+        for p in &self.parts {
+            let (from, to) = (at.max(p.start), end.min(p.start + p.size));
+            if from < to {
+                out.push((p.blob.clone(), from - p.start, to - from));
+            }
+        }
+        if out.iter().map(|r| r.2).sum::<u64>() != len {
+            return Err(Error::internal("a frame lies outside the parts folded"));
+        }
+        Ok(out)
+    }
+
+    /// Takes the oldest decoded frame into the NAR check and the layout.
     fn collect_one(&mut self, nar: &mut dyn Write) -> Result<()> {
-        let Some((entry, rx)) = self.inflight.pop_front() else {
+        let Some(flight) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let decoded = rx
+        let decoded = flight
+            .decoded
             .recv()
             .map_err(|_| Error::internal("a frame decoder stopped"))?;
-        let decoded = match (decoded, &entry.source) {
+        let data = match (decoded, &flight.entry.source) {
             (Ok(d), _) => d,
             (Err(why), Source::Sent) => {
                 return Err(Error::InvalidCompression(format!(
                     "chunk {} of the manifest: {why}",
-                    entry.idx
+                    flight.entry.idx
                 )));
             }
             (Err(why), _) => {
                 return Err(Error::internal(format!(
                     "a stored frame of chunk {} is damaged: {why}",
-                    entry.blake3
+                    flight.entry.blake3
                 )));
             }
         };
-        nar.write_all(&decoded.data)?;
-        let offset = self.out.bytes;
-        self.out.out.write_all(&decoded.frame)?;
-        self.out.sha.update(&decoded.frame);
-        self.out.blake.update(&decoded.frame);
-        self.out.bytes += decoded.frame.len() as u64;
-        if !self.written.contains_key(&entry.blake3) {
-            let csize = decoded.frame.len() as u64;
-            self.written.insert(entry.blake3.clone(), (offset, csize));
-            self.frames
-                .push((entry.blake3.clone(), offset, csize, entry.size));
-        }
+        nar.write_all(&data)?;
+        self.sha.update(&flight.frame);
+        self.file_size += flight.frame.len() as u64;
+        self.ranges.push((flight.loc, flight.frame.len() as u64));
         Ok(())
     }
 
-    /// Takes what is left and closes the stored file: it and where each
-    /// chunk's frame lies in it.
-    pub fn finish(mut self, nar: &mut dyn Write) -> Result<(CompressedFile, Vec<FrameAt>)> {
+    /// Takes what is left; the stored file's layout.
+    pub fn finish(mut self, nar: &mut dyn Write) -> Result<Layout> {
         self.pump(nar)?;
         if let Some(e) = self.todo.front() {
             return Err(Error::InvalidCompression(format!(
@@ -361,14 +450,33 @@ impl ChunkedPipe {
         while !self.inflight.is_empty() {
             self.collect_one(nar)?;
         }
-        self.out.out.flush()?;
-        self.out.reader.sync_all()?;
-        let file = CompressedFile {
-            path: self.out.path.clone(),
-            blake3: self.out.blake.finalize().to_hex().to_string(),
-            sha256: Sha256Hash(self.out.sha.clone().finalize().into()),
-            size: self.out.bytes,
-        };
-        Ok((file, std::mem::take(&mut self.frames)))
+        let mut ranges: Vec<(String, u64, u64)> = vec![];
+        for (loc, len) in std::mem::take(&mut self.ranges) {
+            let pieces = match loc {
+                Loc::Blob(blob, offset) => vec![(blob, offset, len)],
+                Loc::Stream(at) => self.stream_ranges(at, len)?,
+            };
+            for (blob, offset, n) in pieces {
+                match ranges.last_mut() {
+                    Some(last) if last.0 == blob && last.1 + last.2 == offset => last.2 += n,
+                    _ => ranges.push((blob, offset, n)),
+                }
+            }
+        }
+        // New frames whole inside one part: where later uploads find them.
+        let mut frames = vec![];
+        for (blake3, (loc, csize, size)) in std::mem::take(&mut self.first) {
+            if let Loc::Stream(at) = loc
+                && let [(blob, offset, _)] = self.stream_ranges(at, csize)?.as_slice()
+            {
+                frames.push((blake3, blob.clone(), *offset, csize, size));
+            }
+        }
+        Ok(Layout {
+            ranges,
+            file_hash: Sha256Hash(self.sha.clone().finalize().into()),
+            file_size: self.file_size,
+            frames,
+        })
     }
 }

@@ -187,7 +187,7 @@ impl Engine {
                     std::fs::create_dir_all(dir)?;
                 }
                 match compression {
-                    Compression::Chunked => Verifier::chunked(row.nar_size, &out, store),
+                    Compression::Chunked => Verifier::chunked(row.nar_size, store),
                     _ => Verifier::new(compression, row.nar_size, &out, level),
                 }
             })
@@ -551,6 +551,7 @@ impl Engine {
         let key = row.id.clone();
         let parts = self.db.call(move |c| uploads::parts(c, &key)).await?;
         let listing = verdict.listing.take();
+        let layout = verdict.layout.take();
         // The blobs of the stored file, and the file each comes from now.
         let (sources, file_hash, file_size) = match verdict.compressed.take() {
             Some(c) => {
@@ -574,16 +575,47 @@ impl Engine {
                         (source, p.size)
                     })
                     .collect();
-                (sources, verdict.upload_hash, verdict.upload_size)
+                match &layout {
+                    Some(l) => (sources, l.file_hash, l.file_size),
+                    None => (sources, verdict.upload_hash, verdict.upload_size),
+                }
             }
         };
-        let chunks: Vec<Chunk> = sources
-            .iter()
-            .map(|(s, size)| Chunk {
-                blob: s.blake3.clone(),
-                size: *size,
-            })
-            .collect();
+        // The stored file: the blobs whole, or (chunked) ranges of the
+        // parts and of the blobs that held frames came from.
+        let chunks: Vec<Chunk> = match &layout {
+            Some(l) => l
+                .ranges
+                .iter()
+                .map(|(blob, offset, size)| Chunk {
+                    blob: blob.clone(),
+                    offset: *offset,
+                    size: *size,
+                })
+                .collect(),
+            None => sources
+                .iter()
+                .map(|(s, size)| Chunk {
+                    blob: s.blake3.clone(),
+                    offset: 0,
+                    size: *size,
+                })
+                .collect(),
+        };
+        let held: Vec<String> = match &layout {
+            Some(_) => {
+                let mut held: Vec<String> = chunks
+                    .iter()
+                    .map(|c| c.blob.clone())
+                    .filter(|b| !sources.iter().any(|(s, _)| &s.blake3 == b))
+                    .collect();
+                held.sort();
+                held.dedup();
+                held
+            }
+            None => vec![],
+        };
+        let frames = layout.map(|l| l.frames).unwrap_or_default();
         let path = {
             let cache_id = row.cache_id;
             let cache = self
@@ -595,7 +627,10 @@ impl Engine {
         };
         // 1. Claim: rows before files. Nothing to store when the cache
         // has the path already (first writer wins).
-        let claim: Vec<(String, u64)> = chunks.iter().map(|c| (c.blob.clone(), c.size)).collect();
+        let claim: Vec<(String, u64)> = sources
+            .iter()
+            .map(|(s, size)| (s.blake3.clone(), *size))
+            .collect();
         let (id, cache_id, hash_part) = (row.id.clone(), row.cache_id, path.hash_part().to_owned());
         let published = self
             .db
@@ -604,6 +639,9 @@ impl Engine {
                     return Ok(true);
                 }
                 blobs::claim(tx, &id, &claim)?;
+                for blob in &held {
+                    blobs::claim_existing(tx, &id, blob)?;
+                }
                 Ok(false)
             })
             .await?;
@@ -635,7 +673,6 @@ impl Engine {
             chunks,
         };
         let id = row.id.clone();
-        let frames = std::mem::take(&mut verdict.frames);
         self.db
             .write(move |tx| {
                 let cache = caches::get_by_id(tx, row.cache_id)?
@@ -645,10 +682,10 @@ impl Engine {
                     if let Some(listing) = &listing {
                         nars::insert_listing(tx, nar.id, listing)?;
                     }
-                    // A chunked NAR's file is one blob: where its chunks'
-                    // frames are, for later uploads to reuse.
-                    if created && let [file] = new.chunks.as_slice() {
-                        crate::db::chunks::record_frames(tx, &file.blob, &frames)?;
+                    // A chunked NAR: where its new chunks' frames are, for
+                    // later uploads to reuse.
+                    if created {
+                        crate::db::chunks::record_frames(tx, &frames)?;
                     }
                     publish_path(tx, &cache, &path, &row.meta, &nar)?;
                 }
@@ -696,7 +733,7 @@ fn fold_parts(
             inner: reader,
             hasher: blake3::Hasher::new(),
         };
-        let folded = verifier.fold(&mut hashing);
+        let folded = verifier.fold(&mut hashing, &source.blake3, &source.path);
         if folded.is_err() {
             // Judge the part only if it still is the part acknowledged:
             // hash what the verifier left unread before deciding.

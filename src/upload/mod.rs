@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 use crate::store::SharedStore;
 
+pub use chunked::FrameAt;
 pub use manifest::MAX_BATCH as MAX_CHUNK_BATCH;
 pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;

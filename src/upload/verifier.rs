@@ -306,8 +306,8 @@ pub struct Verdict {
     /// The NAR's `.ls` listing as zstd-compressed JSON, built while
     /// verifying (set when the NAR is complete and valid).
     pub listing: Option<Vec<u8>>,
-    /// Chunked uploads: where each chunk's frame lies in `compressed`.
-    pub frames: Vec<super::chunked::FrameAt>,
+    /// Chunked uploads: the stored file as ranges of blobs.
+    pub layout: Option<super::chunked::Layout>,
 }
 
 /// The running verifier of one upload.
@@ -424,13 +424,9 @@ impl Verifier {
         })
     }
 
-    /// A fresh verifier of a chunked upload, writing the stored file at
-    /// `out_path` and reading held frames from `store`.
-    pub fn chunked(
-        nar_size: u64,
-        out_path: &Path,
-        store: crate::store::SharedStore,
-    ) -> Result<Verifier> {
+    /// A fresh verifier of a chunked upload, reading held frames from
+    /// `store`.
+    pub fn chunked(nar_size: u64, store: crate::store::SharedStore) -> Result<Verifier> {
         let sink = NarSink {
             sha: Sha256::new(),
             bytes: 0,
@@ -439,13 +435,13 @@ impl Verifier {
             error: None,
             encoder: None,
         };
-        let pipe = super::chunked::ChunkedPipe::new(out_path, store)?;
+        let pipe = super::chunked::ChunkedPipe::new(store)?;
         Ok(Verifier {
             next: 1,
             file_sha: Sha256::new(),
             file_bytes: 0,
             pipeline: Pipeline::Chunked(Box::new(pipe), NarStage::start(sink)?),
-            out_path: Some(out_path.to_owned()),
+            out_path: None,
             buf: vec![0u8; 1 << 20],
         })
     }
@@ -470,8 +466,13 @@ impl Verifier {
         Ok(())
     }
 
-    /// Folds the next part's bytes, read from `part`.
-    pub fn fold(&mut self, mut part: impl Read) -> Result<()> {
+    /// Folds the next part's bytes, read from `part`: the part whose
+    /// blake3 is `blob`, kept at `path` until published (a chunked upload's
+    /// stored file is described as ranges of its parts).
+    pub fn fold(&mut self, mut part: impl Read, blob: &str, path: &Path) -> Result<()> {
+        if let Pipeline::Chunked(pipe, _) = &mut self.pipeline {
+            pipe.begin_part(blob, path.to_owned());
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let res = loop {
             let n = match part.read(&mut buf) {
@@ -568,12 +569,7 @@ impl Verifier {
             Some(l) => Some(zstd::encode_all(&l.to_json()[..], LISTING_ZSTD_LEVEL)?),
             None => None,
         };
-        let (compressed, frames) = match chunked {
-            Some((file, frames)) => (Some(file), frames),
-            None => (None, vec![]),
-        };
         let compressed = match (sink.encoder, self.out_path) {
-            _ if compressed.is_some() => compressed,
             (Some(enc), Some(path)) => {
                 let mut file = enc.finish()?;
                 file.out.flush()?;
@@ -595,7 +591,7 @@ impl Verifier {
             upload_size: self.file_bytes,
             compressed,
             listing,
-            frames,
+            layout: chunked,
         })
     }
 }
@@ -624,7 +620,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut v = Verifier::new(compression, nar_size, &dir.path().join("out.zst"), 3)?;
         for chunk in bytes.chunks(part) {
-            v.fold(chunk)?;
+            v.fold(chunk, "", Path::new(""))?;
         }
         v.finish()
     }
@@ -648,7 +644,7 @@ mod tests {
         let out = dir.path().join("out.zst");
         let mut v = Verifier::new(Compression::None, nar.len() as u64, &out, 3).unwrap();
         for chunk in nar.chunks(100_000) {
-            v.fold(chunk).unwrap();
+            v.fold(chunk, "", Path::new("")).unwrap();
         }
         let v = v.finish().unwrap();
         assert_eq!(v.nar_hash, hash);
@@ -756,7 +752,7 @@ mod tests {
         .unwrap();
         let mut res = Ok(());
         for chunk in nar.chunks(1 << 20) {
-            res = v.fold(chunk);
+            res = v.fold(chunk, "", Path::new(""));
             if res.is_err() {
                 break;
             }
@@ -799,7 +795,7 @@ mod tests {
         let out = dir.path().join("out.zst");
         let mut v = Verifier::new(Compression::Xz, nar.len() as u64, &out, 3).unwrap();
         for chunk in xz.chunks(10_000) {
-            v.fold(chunk).unwrap();
+            v.fold(chunk, "", Path::new("")).unwrap();
         }
         let verdict = v.finish().unwrap();
         assert_eq!(verdict.nar_hash, Sha256Hash(Sha256::digest(&nar).into()));

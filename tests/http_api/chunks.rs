@@ -53,8 +53,8 @@ fn start_chunked(s: &InProcess, cache: &str, token: &str, nar: &Nar) -> String {
     r.json()["id"].as_str().unwrap().to_owned()
 }
 
-/// Puts the frames of `send` as `parts` parts (cut anywhere, frames
-/// spanning parts) with `token`; returns how many parts went.
+/// Puts the frames of `send` in `parts` parts of whole frames (as `ferry
+/// push` packs them) with `token`; returns how many parts went.
 fn put_frames(
     s: &InProcess,
     id: &str,
@@ -63,14 +63,15 @@ fn put_frames(
     send: &[u64],
     parts: usize,
 ) -> u32 {
-    let bytes: Vec<u8> = send
+    let frames: Vec<&[u8]> = send
         .iter()
-        .flat_map(|&i| chunks[i as usize].frame.iter().copied())
+        .map(|&i| &chunks[i as usize].frame[..])
         .collect();
-    if bytes.is_empty() {
+    if frames.is_empty() {
         return 0;
     }
-    let pieces = split(&bytes, parts);
+    let per = frames.len().div_ceil(parts);
+    let pieces: Vec<Vec<u8>> = frames.chunks(per).map(|f| f.concat()).collect();
     for (i, p) in pieces.iter().enumerate() {
         let r = call(
             s,
@@ -156,6 +157,40 @@ fn a_chunked_upload_publishes_the_nar_nix_reads() {
         served_nar(&s, "c", &nar) == nar.bytes,
         "the NAR served is the NAR sent"
     );
+    // Parts may also cut frames anywhere.
+    let cut = nar_of("chunked-cut", noise("chunked-cut", 200_000));
+    let chunks = chunks_of(&cut.bytes);
+    let id = start_chunked(&s, "c", &s.admin_token, &cut);
+    let send = send_of(&add_chunks(&s, &id, &s.admin_token, 0, &decls(&chunks)));
+    let bytes: Vec<u8> = send
+        .iter()
+        .flat_map(|&i| chunks[i as usize].frame.clone())
+        .collect();
+    let pieces = split(&bytes, 7);
+    for (i, p) in pieces.iter().enumerate() {
+        put_part(&s, &id, i as u32 + 1, p);
+    }
+    let r = complete_with(&s, &id, &s.admin_token, pieces.len() as u32);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(served_nar(&s, "c", &cut) == cut.bytes);
+    // A range across the parts' seams reads right.
+    let ni = narinfo(&s, "c", &cut.path, Some(&s.admin_token)).text();
+    let url = ni
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    let whole = get(&s, &format!("/c/{url}"), Some(&s.admin_token)).body;
+    let r = call(
+        &s,
+        "GET",
+        &format!("/c/{url}"),
+        Some(&s.admin_token),
+        &["Range: bytes=1000-150000"],
+        Body::None,
+    );
+    assert_eq!(r.status, 206);
+    assert!(r.body == whole[1000..=150_000], "ranged read across parts");
     let st = upload_status_of_path(&s, "c", &nar);
     assert_eq!(st, None, "nothing left open");
 }
@@ -211,6 +246,33 @@ fn a_changed_nar_sends_only_its_new_chunks_and_repeats_none() {
     assert!(sent >= 4, "the edited chunks went: {sent}");
     assert!(served_nar(&s, "c", &second) == second.bytes);
     assert!(served_nar(&s, "c", &first) == first.bytes);
+
+    // The second NAR's file points into the first's blobs: deleting the
+    // first path and collecting keeps what the second still uses.
+    let r = call(
+        &s,
+        "DELETE",
+        &format!("/_api/v1/caches/c/paths/{}", first.hash_part()),
+        Some(&s.admin_token),
+        &[],
+        Body::None,
+    );
+    assert!(r.status < 300, "{}", r.text());
+    let gc = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["gc", "--data-dir"])
+        .arg(s.data_dir.path())
+        .env("FERRY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "{gc:?}");
+    assert_eq!(
+        narinfo(&s, "c", &first.path, Some(&s.admin_token)).status,
+        404
+    );
+    assert!(
+        served_nar(&s, "c", &second) == second.bytes,
+        "kept after GC"
+    );
 }
 
 #[test]

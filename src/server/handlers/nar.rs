@@ -89,6 +89,7 @@ pub async fn get(
         .into_iter()
         .map(|c| ChunkRef {
             blob: c.blob,
+            offset: c.offset,
             size: c.size,
         })
         .collect();
