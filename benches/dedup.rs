@@ -24,8 +24,8 @@
 //!    SHA-256 of the NAR bytes with the server's hashing code (sha2); the
 //!    goal is ingest time ≤ max of the two / 0.8.
 //!
-//! Run: `cargo bench --bench dedup`. Knob: `FERRY_BENCH_DEDUP_MIB`
-//! (default 1024). Needs Nix (single-user, as root here; the bench sets
+//! Run: `cargo bench --bench dedup`. Knobs: `FERRY_BENCH_DEDUP_MIB`
+//! (default 1024), `FERRY_BENCH_DEDUP_STEPS` (default `1,2,3,4`). Needs Nix (single-user, as root here; the bench sets
 //! its own `NIX_CONFIG`) and nginx. The store paths it builds are deleted
 //! at the end.
 
@@ -212,92 +212,103 @@ fn main() {
     let w = work.path();
     let salt = format!("{}", std::process::id());
     let mut built = vec![];
+    let steps = std::env::var("FERRY_BENCH_DEDUP_STEPS").unwrap_or_else(|_| "1,2,3,4".into());
+    let step = |n: &str| steps.split(',').any(|s| s.trim() == n);
     println!("Chunked pushes through nginx, {mib} MiB text-like paths (2-core VM, one run):");
 
     // 1. A 1 % change.
-    let v1 = text_like(size, 1);
-    let v2 = one_percent_changed(&v1);
-    let p1 = build_copy("dedup-v1", &write(&w.join("v1"), &v1), &salt);
-    let p2 = build_copy("dedup-v2", &write(&w.join("v2"), &v2), &salt);
-    built.extend([p1.clone(), p2.clone()]);
-    drop((v1, v2));
-    let site = Site::new(w);
-    let (_, first) = site.push(&p1, &[]);
-    let (_, second) = site.push(&p2, &[]);
-    let share = second as f64 / first as f64;
-    println!(
-        "  1 % changed, second push      {:>5.1} % of the first   {}  ({second} bytes at the proxy; first {first}; NAR {size})",
-        100.0 * share,
-        at_most(share, 0.05, "5 %"),
-    );
+    if step("1") {
+        let v1 = text_like(size, 1);
+        let v2 = one_percent_changed(&v1);
+        let p1 = build_copy("dedup-v1", &write(&w.join("v1"), &v1), &salt);
+        let p2 = build_copy("dedup-v2", &write(&w.join("v2"), &v2), &salt);
+        built.extend([p1.clone(), p2.clone()]);
+        drop((v1, v2));
+        let site = Site::new(w);
+        let (_, first) = site.push(&p1, &[]);
+        let (_, second) = site.push(&p2, &[]);
+        let share = second as f64 / first as f64;
+        println!(
+            "  1 % changed, second push      {:>5.1} % of the first   {}  ({second} bytes at the proxy; first {first}; NAR {size})",
+            100.0 * share,
+            at_most(share, 0.05, "5 %"),
+        );
+    }
 
     // 2. A version string inside every file.
-    let a = package(&w.join("pkg-a"), "0a7dzn2m7m3p5gn5f1x1ysvl2lm7c4ii", "1.0");
-    let b = package(&w.join("pkg-b"), "9kqv2lgm0bbj0sdd1l5ghzc4j4pbjyhm", "1.1");
-    let pa = build_copy("dedup-pkg", &a, &salt);
-    let pb = build_copy("dedup-pkg", &b, &format!("{salt}-b"));
-    built.extend([pa.clone(), pb.clone()]);
-    let (_, pkg_first) = site.push(&pa, &[]);
-    let (_, pkg_second) = site.push(&pb, &[]);
-    println!(
-        "  version string in 64 files    {:>5.1} % of the first   ({pkg_second} bytes; first {pkg_first}; 2 references per 2 MiB file)",
-        100.0 * pkg_second as f64 / pkg_first as f64,
-    );
-    drop(site);
+    if step("2") {
+        let site = Site::new(w);
+        let a = package(&w.join("pkg-a"), "0a7dzn2m7m3p5gn5f1x1ysvl2lm7c4ii", "1.0");
+        let b = package(&w.join("pkg-b"), "9kqv2lgm0bbj0sdd1l5ghzc4j4pbjyhm", "1.1");
+        let pa = build_copy("dedup-pkg", &a, &salt);
+        let pb = build_copy("dedup-pkg", &b, &format!("{salt}-b"));
+        built.extend([pa.clone(), pb.clone()]);
+        let (_, pkg_first) = site.push(&pa, &[]);
+        let (_, pkg_second) = site.push(&pb, &[]);
+        println!(
+            "  version string in 64 files    {:>5.1} % of the first   ({pkg_second} bytes; first {pkg_first}; 2 references per 2 MiB file)",
+            100.0 * pkg_second as f64 / pkg_first as f64,
+        );
+    }
 
     // 3. First push: chunked vs whole, fresh servers, alternating.
     let fresh = text_like(size, 2);
-    let p3 = build_copy("dedup-fresh", &write(&w.join("fresh"), &fresh), &salt);
-    built.push(p3.clone());
-    let (mut chunked, mut whole) = (Duration::MAX, Duration::MAX);
-    for round in 0..2 {
-        for mode in if round == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            let site = Site::new(w);
-            let (t, _) = site.push(&p3, if mode { &[] } else { &["--no-chunking"] });
-            if mode {
-                chunked = chunked.min(t);
+    if step("3") {
+        let p3 = build_copy("dedup-fresh", &write(&w.join("fresh"), &fresh), &salt);
+        built.push(p3.clone());
+        let (mut chunked, mut whole) = (Duration::MAX, Duration::MAX);
+        for round in 0..2 {
+            for mode in if round == 0 {
+                [true, false]
             } else {
-                whole = whole.min(t);
+                [false, true]
+            } {
+                let site = Site::new(w);
+                let (t, _) = site.push(&p3, if mode { &[] } else { &["--no-chunking"] });
+                if mode {
+                    chunked = chunked.min(t);
+                } else {
+                    whole = whole.min(t);
+                }
             }
         }
+        let slower = chunked.as_secs_f64() / whole.as_secs_f64();
+        println!(
+            "  first push, chunked/whole     {slower:>5.2}×                 {}  (chunked {:.2} s, --no-chunking {:.2} s; best of 2 each)",
+            at_most(slower, 1.05, "1.05×"),
+            chunked.as_secs_f64(),
+            whole.as_secs_f64(),
+        );
     }
-    let slower = chunked.as_secs_f64() / whole.as_secs_f64();
-    println!(
-        "  first push, chunked/whole     {slower:>5.2}×                 {}  (chunked {:.2} s, --no-chunking {:.2} s; best of 2 each)",
-        at_most(slower, 1.05, "1.05×"),
-        chunked.as_secs_f64(),
-        whole.as_secs_f64(),
-    );
 
     // 4. Server ingest of a chunked NAR, against dd and SHA-256.
-    let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
-        executable: false,
-        contents: fresh,
-    });
-    let ingest = ingest(w, &nar);
-    let sha_start = Instant::now();
-    let mut sha = sha2::Sha256::new();
-    sha.update(&nar);
-    let _ = sha.finalize();
-    let sha_time = sha_start.elapsed();
-    let dd = dd_fsync(&ingest.wire_file, w);
-    let dd_time = Duration::from_secs_f64(ingest.wire_bytes as f64 / 1e6 / dd);
-    let bound = sha_time.max(dd_time);
-    let ratio = bound.as_secs_f64() / ingest.time.as_secs_f64();
-    println!(
-        "  ingest, fresh chunked NAR    {ratio:>5.2}× the bound      {}  (ferry {:.2} s = {:.0} MB/s of NAR; dd conv=fsync of the {} wire bytes {:.2} s; SHA-256 of the NAR {:.2} s = {:.0} MB/s)",
-        at_least(ratio, 0.8, "0.8×"),
-        ingest.time.as_secs_f64(),
-        mbps(nar.len() as u64, ingest.time),
-        ingest.wire_bytes,
-        dd_time.as_secs_f64(),
-        sha_time.as_secs_f64(),
-        mbps(nar.len() as u64, sha_time),
-    );
+    if step("4") {
+        let nar = ferry::nar::write_nar(&ferry::nar::Tree::Regular {
+            executable: false,
+            contents: fresh,
+        });
+        let ingest = ingest(w, &nar);
+        let sha_start = Instant::now();
+        let mut sha = sha2::Sha256::new();
+        sha.update(&nar);
+        let _ = sha.finalize();
+        let sha_time = sha_start.elapsed();
+        let dd = dd_fsync(&ingest.wire_file, w);
+        let dd_time = Duration::from_secs_f64(ingest.wire_bytes as f64 / 1e6 / dd);
+        let bound = sha_time.max(dd_time);
+        let ratio = bound.as_secs_f64() / ingest.time.as_secs_f64();
+        println!(
+            "  ingest, fresh chunked NAR    {ratio:>5.2}× the bound      {}  (ferry {:.2} s = {:.0} MB/s of NAR, last part at {:.2} s; dd conv=fsync of the {} wire bytes {:.2} s; SHA-256 of the NAR {:.2} s = {:.0} MB/s)",
+            at_least(ratio, 0.8, "0.8×"),
+            ingest.time.as_secs_f64(),
+            mbps(nar.len() as u64, ingest.time),
+            ingest.last_part.as_secs_f64(),
+            ingest.wire_bytes,
+            dd_time.as_secs_f64(),
+            sha_time.as_secs_f64(),
+            mbps(nar.len() as u64, sha_time),
+        );
+    }
 
     let _ = Command::new("nix-store")
         .arg("--delete")
@@ -311,6 +322,8 @@ fn main() {
 /// What [`ingest`] measured.
 struct Ingested {
     time: Duration,
+    /// When the last part was acknowledged.
+    last_part: Duration,
     wire_file: PathBuf,
     wire_bytes: u64,
 }
@@ -415,6 +428,7 @@ fn ingest(w: &Path, nar: &[u8]) -> Ingested {
         while let Some(r) = tasks.join_next().await {
             r.expect("part task");
         }
+        let last_part = start.elapsed();
         let mut v = post(
             format!("/_api/v1/uploads/{id}/complete"),
             serde_json::json!({"parts": parts}),
@@ -433,11 +447,13 @@ fn ingest(w: &Path, nar: &[u8]) -> Ingested {
                 .expect("json");
         }
         assert_eq!(v["state"], "committed", "{v}");
-        start.elapsed()
+        (start.elapsed(), last_part)
     });
+    let (time, last_part) = time;
     drop(server);
     Ingested {
         time,
+        last_part,
         wire_bytes: wire.len() as u64,
         wire_file,
     }

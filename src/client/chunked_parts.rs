@@ -19,8 +19,16 @@ use crate::api::ChunkDecl;
 
 /// Manifest entries per request at most.
 const BATCH_ENTRIES: usize = 2048;
-/// NAR bytes per request at most (frames wait in memory for the answer).
+/// NAR bytes per request at most (frames wait in memory for the answer:
+/// two batches at most).
 const BATCH_BYTES: u64 = 32 << 20;
+
+/// A batch declared to the server, and its answer to come.
+struct Asked {
+    from: u64,
+    batch: Vec<Chunk>,
+    answer: tokio::task::JoinHandle<Result<Vec<u64>>>,
+}
 
 /// A running chunked dump of one store path.
 pub struct ChunkedStream {
@@ -32,6 +40,8 @@ pub struct ChunkedStream {
     handle: tokio::runtime::Handle,
     /// Manifest entries declared so far.
     declared: u64,
+    /// The batch declared last, waiting for its answer.
+    asked: Option<Asked>,
     /// Frames ready to go, in order, and how far the first is taken.
     ready: VecDeque<Vec<u8>>,
     taken: usize,
@@ -85,6 +95,7 @@ impl ChunkedStream {
             upload: upload.to_owned(),
             handle,
             declared: 0,
+            asked: None,
             ready: VecDeque::new(),
             taken: 0,
             done: false,
@@ -93,8 +104,11 @@ impl ChunkedStream {
         })
     }
 
-    /// Chunks the next batch, declares it, and queues the frames to send.
-    /// `false` once the NAR is at its end.
+    /// Chunks the next batch and declares it; while its answer travels,
+    /// the batch after it is chunked (the server takes batches in order,
+    /// one at a time). Queues the frames of the previous batch the server
+    /// asked for. `false` once the NAR is at its end and every batch is
+    /// answered.
     fn next_batch(&mut self) -> Result<bool> {
         let mut batch: Vec<Chunk> = vec![];
         let mut bytes = 0u64;
@@ -114,8 +128,15 @@ impl ChunkedStream {
                 }
             }
         }
+        let answered = match self.asked.take() {
+            Some(asked) => {
+                self.queue(asked)?;
+                true
+            }
+            None => false,
+        };
         if batch.is_empty() {
-            return Ok(false);
+            return Ok(answered);
         }
         let decls: Vec<ChunkDecl> = batch
             .iter()
@@ -126,13 +147,28 @@ impl ChunkedStream {
             })
             .collect();
         let from = self.declared;
+        self.declared += batch.len() as u64;
+        let (api, upload) = (self.api.clone(), self.upload.clone());
+        let answer = self
+            .handle
+            .spawn(async move { api.add_chunks(&upload, from, decls).await });
+        self.asked = Some(Asked {
+            from,
+            batch,
+            answer,
+        });
+        Ok(true)
+    }
+
+    /// Waits for a batch's answer and queues the frames asked for.
+    fn queue(&mut self, asked: Asked) -> Result<()> {
         let send = self
             .handle
-            .block_on(self.api.add_chunks(&self.upload, from, decls))?;
-        self.declared += batch.len() as u64;
+            .block_on(asked.answer)
+            .map_err(|e| ClientError::Nix(format!("declaring chunks stopped: {e}")))??;
         let mut wanted = send.into_iter().peekable();
-        for (k, c) in batch.into_iter().enumerate() {
-            if wanted.peek() == Some(&(from + k as u64)) {
+        for (k, c) in asked.batch.into_iter().enumerate() {
+            if wanted.peek() == Some(&(asked.from + k as u64)) {
                 wanted.next();
                 self.ready.push_back(c.frame);
             } else {
@@ -140,7 +176,7 @@ impl ChunkedStream {
                     .fetch_add(c.entry.csize, Ordering::Relaxed);
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The next part: whole frames, as many as fit in `size` bytes (a

@@ -99,13 +99,17 @@ impl Pool {
             let t = std::thread::Builder::new()
                 .name("ferry-frames".into())
                 .spawn(move || {
+                    let Ok(mut dctx) = zstd::bulk::Decompressor::new() else {
+                        return;
+                    };
                     loop {
                         let job = match rx.lock() {
                             Ok(r) => r.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let _ = job.reply.send(decode(&job.frame, job.size, &job.blake3));
+                        let decoded = decode(&mut dctx, &job.frame, job.size, &job.blake3);
+                        let _ = job.reply.send(decoded);
                     }
                 })
                 .map_err(Error::internal)?;
@@ -128,10 +132,15 @@ impl Drop for Pool {
 }
 
 /// Decodes one frame into exactly `size` bytes whose blake3 is `blake3`.
-fn decode(frame: &[u8], size: u64, blake3: &str) -> std::result::Result<Vec<u8>, String> {
+fn decode(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    frame: &[u8],
+    size: u64,
+    blake3: &str,
+) -> std::result::Result<Vec<u8>, String> {
     // The capacity bounds the output: a frame that would decode to more
     // than declared fails here, before allocating more.
-    let data = zstd::bulk::decompress(frame, size as usize).map_err(|e| {
+    let data = dctx.decompress(frame, size as usize).map_err(|e| {
         format!("its frame is not valid zstd or decodes to more than {size} bytes ({e})")
     })?;
     if data.len() as u64 != size {
