@@ -4,13 +4,15 @@
 //! [`config`] (servers saved by `ferry login`, cached cache settings),
 //! [`http`] (the API with retries, see [`backoff`]), [`pathinfo`] (closures
 //! from `nix path-info`, topological order), [`parts`] (splitting a
-//! compressed NAR stream into exact-size parts), [`resume`] (the state file
+//! compressed NAR stream into exact-size parts), [`chunk`] (content-defined
+//! chunks of a NAR, each its own zstd frame), [`resume`] (the state file
 //! that lets a killed push carry on), [`push`] (the engine), [`progress`]
 //! (indicatif bars), [`nixconf`] (`ferry use`: nix.conf block and netrc),
 //! [`nixenv`] (which Nix `ferry use` talks to: single-user or a daemon)
 //! and [`watch`] (`ferry watch-store`).
 
 pub mod backoff;
+pub mod chunk;
 pub mod config;
 pub mod http;
 pub mod nixconf;
