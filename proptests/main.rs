@@ -1,5 +1,7 @@
-//! Property tests (one test target): Nix formats, tokens and the upload engine.
+//! Property tests (one test target): Nix formats, tokens, the upload engine
+//! and the client's NAR chunks.
 
 mod auth;
+mod chunk;
 mod nar;
 mod upload;

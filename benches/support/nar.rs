@@ -1,6 +1,7 @@
 //! NARs for the benchmarks: one regular file of generated contents,
 //! zstd-compressed at the level `ferry push` uses, made as a stream (no
-//! NAR is held whole) into a file or a buffer.
+//! NAR is held whole) into a file or a buffer; or, uncompressed in memory,
+//! a directory of many files of both kinds ([`mixed`]).
 //!
 //! Two kinds of contents: random bytes (incompressible: zstd stores them
 //! raw) and text-like lines of words from a 1024-word vocabulary, which
@@ -39,10 +40,10 @@ pub struct Made {
 }
 
 /// splitmix64: fast, and its output is incompressible.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -169,6 +170,116 @@ pub fn to_vec(kind: Kind, size: u64, seed: u64) -> (Made, Vec<u8>) {
     let (mut made, bytes) = make(Vec::new(), kind, size, seed);
     made.zst_size = bytes.len() as u64;
     (made, bytes)
+}
+
+/// `len` bytes of `kind` contents.
+pub fn contents(kind: Kind, len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    Contents::new(kind, seed).fill(&mut out);
+    out
+}
+
+/// A NAR of one directory of regular files holding `size` bytes of
+/// contents in all, in memory, uncompressed: file sizes spread evenly on a
+/// log scale from 1 KiB to 4 MiB, one file in three random (like
+/// compressed media), the others text-like. Returns the NAR and its number
+/// of files.
+pub fn mixed(size: u64, seed: u64) -> (Vec<u8>, u64) {
+    let mut rng = Rng(seed);
+    let mut random = Contents::new(Kind::Random, seed ^ 0x5eed_0001);
+    let mut text = Contents::new(Kind::Text, seed ^ 0x5eed_0002);
+    let mut nar = Vec::with_capacity(size as usize + size as usize / 1000 + 4096);
+    for s in ["nix-archive-1", "(", "type", "directory"] {
+        nar_string(&mut nar, s.as_bytes());
+    }
+    let (mut left, mut files) = (size, 0);
+    while left > 0 {
+        let spread = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let len = ((1024.0 * 4096f64.powf(spread)) as u64).min(left);
+        let name = format!("f{files:07}");
+        for s in [
+            "entry", "(", "name", &name, "node", "(", "type", "regular", "contents",
+        ] {
+            nar_string(&mut nar, s.as_bytes());
+        }
+        nar.extend_from_slice(&len.to_le_bytes());
+        let start = nar.len();
+        nar.resize(start + len as usize, 0);
+        let kind = if rng.next().is_multiple_of(3) {
+            &mut random
+        } else {
+            &mut text
+        };
+        kind.fill(&mut nar[start..]);
+        nar.resize(nar.len() + ((8 - len % 8) % 8) as usize, 0);
+        nar_string(&mut nar, b")");
+        nar_string(&mut nar, b")");
+        left -= len;
+        files += 1;
+    }
+    nar_string(&mut nar, b")");
+    (nar, files)
+}
+
+/// What [`changed`] did, for a report.
+pub struct Change {
+    /// Patches of 4–16 bytes.
+    pub small: usize,
+    /// Rewritten regions, each of `region_len` bytes.
+    pub regions: usize,
+    pub region_len: usize,
+    /// Bytes overwritten in all.
+    pub overwritten: usize,
+    /// Bytes inserted, at `insert_at`.
+    pub inserted: usize,
+    pub insert_at: usize,
+}
+
+/// A new version of `original`: about 1 % of its bytes overwritten in
+/// `edits` places, half of them small patches (a version string, a store
+/// hash), half rewritten regions of fresh contents that carry the 1 %; and
+/// 300 bytes inserted near the start, which shift every later offset.
+pub fn changed(original: &[u8], edits: usize, seed: u64) -> (Vec<u8>, Change) {
+    let mut rng = Rng(seed);
+    let mut at = |len: usize| (rng.next() % (original.len() - len) as u64) as usize;
+    let mut nar = original.to_vec();
+    let small = (edits / 2).max(1);
+    let regions = (edits - edits / 2).max(1);
+    let region_len = original.len() / 100 / regions;
+    let mut overwritten = 0;
+    // Small patches, like a bumped version or a new store hash.
+    for i in 0..small {
+        let len = 4 + i % 13;
+        let start = at(len);
+        for (k, b) in nar[start..start + len].iter_mut().enumerate() {
+            *b = b"0123456789abcdfghijklmnpqrsvwxyz"[(i * 7 + k * 13 + start) % 32];
+        }
+        overwritten += len;
+    }
+    // Rewritten regions, of fresh contents of either kind.
+    for i in 0..regions {
+        let start = at(region_len);
+        let kind = if i.is_multiple_of(3) {
+            Kind::Random
+        } else {
+            Kind::Text
+        };
+        let fresh = contents(kind, region_len, seed ^ ((i as u64 + 1) << 32));
+        nar[start..start + region_len].copy_from_slice(&fresh);
+        overwritten += region_len;
+    }
+    let insert_at = original.len() / 1000;
+    let inserted = contents(Kind::Text, 300, seed ^ 0xadd);
+    nar.splice(insert_at..insert_at, inserted.iter().copied());
+    let change = Change {
+        small,
+        regions,
+        region_len,
+        overwritten,
+        inserted: inserted.len(),
+        insert_at,
+    };
+    (nar, change)
 }
 
 /// A valid store path whose hash part encodes `n` (and `tag`, so runs and

@@ -17,16 +17,16 @@
 //! (equally valid) frames, which is why chunks are named by their
 //! uncompressed bytes and never by their frames.
 //!
-//! [`chunks`] is a pipeline: one thread reads the NAR and cuts it, `threads`
-//! threads hash and compress, and the caller receives the chunks in NAR
-//! order, with a bounded window of chunks in flight. [`manifest`] only cuts
-//! and hashes (one thread, no compression): a cheap first pass for asking
-//! the server what it lacks before compressing anything.
+//! [`chunks`] is a pipeline (`pipeline.rs`): one thread reads the NAR and
+//! cuts it, `threads` threads hash and compress, and the caller receives
+//! the chunks in NAR order, with a bounded window of batches in flight.
+//! [`manifest`] only cuts and hashes (one thread, no compression): a cheap
+//! first pass for asking the server what it lacks before compressing
+//! anything.
+
+mod pipeline;
 
 use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 
 use fastcdc::v2020::{self, StreamCDC};
 
@@ -38,21 +38,18 @@ pub struct ChunkSizes {
     pub max: u32,
 }
 
-/// The sizes `ferry push` cuts with, chosen by `benches/chunking.rs`: with
-/// about 1 % of a 1 GiB NAR changed (scattered small and large edits plus
-/// an insertion that shifts every later offset), a 256 KiB average sends
-/// little more than a 64 KiB one on the second push, loses less to
-/// per-frame compression on the first, and has a manifest a quarter the
-/// size (about 4 000 chunks per GiB).
-pub const DEFAULT_SIZES: ChunkSizes = ChunkSizes {
-    min: 64 << 10,
-    avg: 256 << 10,
-    max: 1 << 20,
-};
+/// The sizes `ferry push` cuts with, chosen by `benches/chunking.rs`: on a
+/// 1 GiB NAR-like buffer changed by about 1 % (100 scattered edits, and 300
+/// bytes inserted near the start that shift every later offset), a 128 KiB
+/// average is the largest whose second push sends at most 5 % of what one
+/// zstd stream of the changed NAR weighs (3.5 %; 256 KiB sent 5.3 %, 64 KiB
+/// 2.5 %), its first push is 1.8 % larger than one zstd stream (16 KiB:
+/// 12.6 %), and its manifest has about 6 800 chunks per GiB.
+pub const DEFAULT_SIZES: ChunkSizes = ChunkSizes::around(128 << 10);
 
 impl ChunkSizes {
-    /// Sizes with `min = avg / 4` and `max = avg × 4`, the ratios of
-    /// [`DEFAULT_SIZES`].
+    /// Sizes with `min = avg / 4` and `max = avg × 4` (the ratios attic
+    /// uses, and [`DEFAULT_SIZES`]).
     pub const fn around(avg: u32) -> ChunkSizes {
         ChunkSizes {
             min: avg / 4,
@@ -71,7 +68,7 @@ impl ChunkSizes {
             ("max", self.max, v2020::MAXIMUM_MIN, v2020::MAXIMUM_MAX),
         ];
         for (name, value, low, high) in bounds {
-            if !(low..=high).contains(&value) || value % 2 != 0 {
+            if !(low..=high).contains(&value) || !value.is_multiple_of(2) {
                 return Err(invalid(format!(
                     "chunk size {name} = {value} is not an even number in {low}..={high}"
                 )));
@@ -113,7 +110,7 @@ pub struct ChunkId {
 /// Cuts `nar` into chunks and compresses each as its own zstd frame at
 /// `level`, on up to `threads` threads (at least one; one more thread reads
 /// and cuts), yielding chunks in NAR order. Memory stays bounded (a few
-/// chunks per thread in flight), whatever the NAR size.
+/// MiB of chunks per thread in flight), whatever the NAR size.
 ///
 /// The first error (reading `nar`, compressing, or sizes that fail
 /// [`ChunkSizes::check`]) is the last item. Dropping the iterator early
@@ -124,16 +121,7 @@ pub fn chunks<R: Read + Send + 'static>(
     level: i32,
     threads: usize,
 ) -> impl Iterator<Item = io::Result<Chunk>> {
-    let workers = threads.max(1);
-    let (slots_tx, slots_rx) = sync_channel(window(workers));
-    if let Err(e) = start(nar, sizes, level, workers, slots_tx.clone()) {
-        // The window is empty, so this cannot block.
-        let _ = slots_tx.send(Next::Chunk(resolved(Err(e))));
-    }
-    InOrder {
-        slots: slots_rx,
-        finished: false,
-    }
+    pipeline::start(nar, sizes, level, threads.max(1), pipeline::BATCH_BYTES)
 }
 
 /// Cuts `nar` and hashes each chunk, on the calling thread, without
@@ -161,115 +149,14 @@ pub fn manifest<R: Read>(nar: R, sizes: ChunkSizes) -> impl Iterator<Item = io::
     })
 }
 
-/// Chunks in flight for `workers` compressing threads: enough that a large
-/// chunk next to small ones does not leave a worker idle, few enough that
-/// memory stays a small multiple of `max`.
-fn window(workers: usize) -> usize {
-    4 * workers
-}
-
-/// Where a chunk's result will arrive: a one-shot channel its worker fills.
-type Slot = Receiver<io::Result<Chunk>>;
-
-/// What the reader hands the caller, in NAR order.
-enum Next {
-    Chunk(Slot),
-    /// The NAR ended after the chunks before it. A queue that closes without
-    /// it means the reader died, and the NAR must not look complete.
-    End,
-}
-
-/// A chunk's bytes on their way to a worker, with the slot to fill.
-struct Job {
-    data: Vec<u8>,
-    slot: SyncSender<io::Result<Chunk>>,
-}
-
-/// A slot that already holds its result.
-fn resolved(result: io::Result<Chunk>) -> Slot {
-    let (tx, rx) = sync_channel(1);
-    let _ = tx.send(result);
-    rx
-}
-
-/// Starts the compressing threads and the reading thread.
-fn start<R: Read + Send + 'static>(
-    nar: R,
-    sizes: ChunkSizes,
-    level: i32,
-    workers: usize,
-    slots: SyncSender<Next>,
-) -> io::Result<()> {
-    sizes.check()?;
-    let (jobs_tx, jobs_rx) = sync_channel::<Job>(workers);
-    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-    for _ in 0..workers {
-        let jobs = jobs_rx.clone();
-        thread::Builder::new()
-            .name("ferry-chunk-zstd".into())
-            .spawn(move || compress_jobs(&jobs, level))?;
-    }
-    thread::Builder::new()
-        .name("ferry-chunk-read".into())
-        .spawn(move || cut_into_jobs(nar, sizes, &jobs_tx, &slots))?;
-    Ok(())
-}
-
-/// The reading thread: cuts the NAR, queues each chunk's slot for the caller
-/// (which bounds the chunks in flight) and its bytes for a worker.
-fn cut_into_jobs<R: Read>(
-    nar: R,
-    sizes: ChunkSizes,
-    jobs: &SyncSender<Job>,
-    slots: &SyncSender<Next>,
-) {
-    for cut in StreamCDC::new(nar, sizes.min, sizes.avg, sizes.max) {
-        let data = match cut {
-            Ok(cut) => cut.data,
-            Err(e) => {
-                let _ = slots.send(Next::Chunk(resolved(Err(e.into()))));
-                return;
-            }
-        };
-        let (slot, result) = sync_channel(1);
-        // Either send fails only once the caller has dropped the iterator.
-        if slots.send(Next::Chunk(result)).is_err() || jobs.send(Job { data, slot }).is_err() {
-            return;
-        }
-    }
-    let _ = slots.send(Next::End);
-}
-
-/// A compressing thread: takes jobs until the reader is gone.
-fn compress_jobs(jobs: &Mutex<Receiver<Job>>, level: i32) {
-    let mut encoder = FrameEncoder::new(level);
-    loop {
-        // The lock is held only while waiting for the next job.
-        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(Job { data, slot }) = next else {
-            return;
-        };
-        let frame = match &mut encoder {
-            Ok(encoder) => encoder.frame(&data),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        };
-        let chunk = frame.map(|frame| Chunk {
-            entry: ChunkEntry {
-                blake3: blake3::hash(&data).to_hex().to_string(),
-                size: data.len() as u64,
-                csize: frame.len() as u64,
-            },
-            frame,
-        });
-        // The caller may be gone; the job is then simply dropped.
-        let _ = slot.send(chunk);
-    }
-}
-
 /// A zstd context set up for deterministic single frames, reused from one
-/// chunk to the next (a fresh context per chunk would cost more than a
-/// small chunk's compression).
-pub struct FrameEncoder(zstd::bulk::Compressor<'static>);
+/// chunk to the next (no context to allocate and set up per chunk), and a
+/// scratch buffer to compress into, so that each frame is allocated at its
+/// own size rather than at zstd's worst case for its chunk.
+pub struct FrameEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
 
 impl FrameEncoder {
     pub fn new(level: i32) -> io::Result<FrameEncoder> {
@@ -277,40 +164,20 @@ impl FrameEncoder {
         compressor.include_contentsize(true)?;
         compressor.include_checksum(false)?;
         compressor.include_dictid(false)?;
-        Ok(FrameEncoder(compressor))
+        Ok(FrameEncoder {
+            compressor,
+            scratch: Vec::new(),
+        })
     }
 
     /// `data` as one zstd frame.
     pub fn frame(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        self.0.compress(data)
-    }
-}
-
-/// The caller's side: slots in NAR order, each waited for in turn.
-struct InOrder {
-    slots: Receiver<Next>,
-    finished: bool,
-}
-
-impl Iterator for InOrder {
-    type Item = io::Result<Chunk>;
-
-    fn next(&mut self) -> Option<io::Result<Chunk>> {
-        if self.finished {
-            return None;
-        }
-        let result = match self.slots.recv() {
-            Ok(Next::Chunk(slot)) => slot
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("a chunk's compressing thread died"))),
-            Ok(Next::End) => {
-                self.finished = true;
-                return None;
-            }
-            Err(_) => Err(io::Error::other("the NAR's reading thread died")),
-        };
-        self.finished = result.is_err();
-        Some(result)
+        self.scratch.clear();
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.compressor
+            .compress_to_buffer(data, &mut self.scratch)?;
+        Ok(self.scratch.clone())
     }
 }
 
@@ -406,36 +273,20 @@ mod tests {
         DEFAULT_SIZES.check().unwrap();
     }
 
-    /// Fails after handing out `ok` bytes.
-    struct Broken {
-        ok: usize,
-    }
-    impl Read for Broken {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.ok == 0 {
-                return Err(io::Error::other("disk on fire"));
-            }
-            let k = buf.len().min(self.ok);
-            buf[..k].fill(b'x');
-            self.ok -= k;
-            Ok(k)
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("disk on fire"))
         }
     }
 
     #[test]
-    fn a_read_error_ends_the_chunks() {
-        let got: Vec<_> = chunks(Broken { ok: 100_000 }, SMALL, 3, 2).collect();
-        let (last, before) = got.split_last().unwrap();
-        assert!(before.iter().all(Result::is_ok));
-        assert_eq!(last.as_ref().err().unwrap().to_string(), "disk on fire");
-        let ids: Vec<_> = manifest(Broken { ok: 100_000 }, SMALL).collect();
-        assert!(ids.last().unwrap().is_err());
-    }
-
-    #[test]
-    fn dropping_the_iterator_early_is_fine() {
-        let mut it = chunks(io::Cursor::new(text(1 << 20, 5)), SMALL, 3, 2);
-        assert!(it.next().unwrap().is_ok());
-        drop(it);
+    fn a_read_error_is_the_last_item() {
+        let ids: Vec<_> = manifest(Failing, SMALL).collect();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids[0].as_ref().err().unwrap().to_string(), "disk on fire");
+        let got: Vec<_> = chunks(Failing, SMALL, 3, 2).collect();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_err());
     }
 }

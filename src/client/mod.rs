@@ -4,7 +4,9 @@
 //! [`config`] (servers saved by `ferry login`, cached cache settings),
 //! [`http`] (the API with retries, see [`backoff`]), [`pathinfo`] (closures
 //! from `nix path-info`, topological order), [`parts`] (splitting a
-//! compressed NAR stream into exact-size parts), [`resume`] (the state file
+//! compressed NAR stream into exact-size parts), [`chunk`] (content-defined
+//! chunks of a NAR, each its own zstd frame), [`chunked_parts`] (a chunked
+//! upload's manifest and parts), [`resume`] (the state file
 //! that lets a killed push carry on), [`push`] (the engine), [`progress`]
 //! (indicatif bars), [`nixconf`] (`ferry use`: nix.conf block and netrc),
 //! [`nixenv`] (which Nix `ferry use` talks to: single-user or a daemon)
