@@ -66,7 +66,7 @@ fn a_changed_path_sends_only_new_chunks_and_nix_reads_both_back() {
         100.0 * second as f64 / first as f64
     );
     assert!(first > 24_000_000, "the first push sent the path: {first}");
-    // About 94 chunks of 256 KiB on average; 7 edits touch at most 14.
+    // About 190 chunks of 128 KiB on average; 7 edits touch at most 14.
     assert!(
         second * 100 < first * 16,
         "the second push sent {second} bytes, the first {first}"
