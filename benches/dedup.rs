@@ -298,11 +298,12 @@ fn main() {
         let bound = sha_time.max(dd_time);
         let ratio = bound.as_secs_f64() / ingest.time.as_secs_f64();
         println!(
-            "  ingest, fresh chunked NAR    {ratio:>5.2}× the bound      {}  (ferry {:.2} s = {:.0} MB/s of NAR, last part at {:.2} s; dd conv=fsync of the {} wire bytes {:.2} s; SHA-256 of the NAR {:.2} s = {:.0} MB/s)",
+            "  ingest, fresh chunked NAR    {ratio:>5.2}× the bound      {}  (ferry {:.2} s = {:.0} MB/s of NAR, last part at {:.2} s, server CPU {:.2} s; dd conv=fsync of the {} wire bytes {:.2} s; SHA-256 of the NAR {:.2} s = {:.0} MB/s)",
             at_least(ratio, 0.8, "0.8×"),
             ingest.time.as_secs_f64(),
             mbps(nar.len() as u64, ingest.time),
             ingest.last_part.as_secs_f64(),
+            ingest.server_cpu,
             ingest.wire_bytes,
             dd_time.as_secs_f64(),
             sha_time.as_secs_f64(),
@@ -324,6 +325,8 @@ struct Ingested {
     time: Duration,
     /// When the last part was acknowledged.
     last_part: Duration,
+    /// CPU seconds the server used meanwhile (user + system).
+    server_cpu: f64,
     wire_file: PathBuf,
     wire_bytes: u64,
 }
@@ -349,6 +352,7 @@ fn ingest(w: &Path, nar: &[u8]) -> Ingested {
     let dir = tempfile::tempdir_in(w).expect("tempdir");
     let server = Server::start(&dir.path().join("data"));
     let nginx = Nginx::proxy(server.port);
+    let pid = server.child.id();
     ferry::client::install_tls_provider();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::new();
@@ -378,6 +382,7 @@ fn ingest(w: &Path, nar: &[u8]) -> Ingested {
         )
         .await;
         let start = Instant::now();
+        let cpu_start = cpu_secs(pid);
         let created = post(
             "/_api/v1/caches/main/uploads".into(),
             serde_json::json!({
@@ -447,16 +452,29 @@ fn ingest(w: &Path, nar: &[u8]) -> Ingested {
                 .expect("json");
         }
         assert_eq!(v["state"], "committed", "{v}");
-        (start.elapsed(), last_part)
+        (start.elapsed(), last_part, cpu_secs(pid) - cpu_start)
     });
-    let (time, last_part) = time;
+    let (time, last_part, server_cpu) = time;
     drop(server);
     Ingested {
         time,
         last_part,
+        server_cpu,
         wire_bytes: wire.len() as u64,
         wire_file,
     }
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat(5), counted from after the command name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

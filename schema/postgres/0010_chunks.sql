@@ -17,6 +17,8 @@ CREATE TABLE upload_manifest (
     frame_offset  BIGINT,
     PRIMARY KEY (upload_id, idx)
 );
+-- "Came earlier in this manifest?", asked for every declared chunk.
+CREATE INDEX upload_manifest_blake3 ON upload_manifest(upload_id, blake3);
 
 -- Where each chunk's frame is stored: the stored file of a chunked NAR is
 -- the concatenation of its chunks' frames, kept as ranges of blobs (its
