@@ -324,6 +324,7 @@ fn run(nar: Vec<u8>, plan: Plan) {
             .into_iter()
             .map(|c| ChunkRef {
                 blob: c.blob,
+                offset: c.offset,
                 size: c.size,
             })
             .collect();

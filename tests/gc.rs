@@ -320,6 +320,7 @@ fn ten_thousand_expired_paths_go_in_one_run() {
                     file_size: 1,
                     chunks: vec![Chunk {
                         blob: "cd".repeat(32),
+                        offset: 0,
                         size: 1,
                     }],
                 },

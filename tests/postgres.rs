@@ -39,6 +39,7 @@ fn new_nar(seed: &str, size: u64) -> nars::NewNar {
             blob: ferry::nar::Sha256Hash::digest(format!("{seed}b").as_bytes())
                 .to_string()
                 .replace("sha256:", ""),
+            offset: 0,
             size,
         }],
     }
