@@ -244,7 +244,9 @@ fn a_read_over_http_keeps_a_path_past_its_retention() {
 
 #[test]
 fn abandoned_uploads_and_orphan_blobs_are_removed() {
-    let s = InProcess::start_with(|c| c.upload_expiry_secs = 1);
+    // 2 s: expiry is counted in whole seconds, so 1 s could pass before
+    // the first part on a busy machine.
+    let s = InProcess::start_with(|c| c.upload_expiry_secs = 2);
     post(&s, "/_api/v1/caches", serde_json::json!({"name": "c"}));
     let bytes = nar("abandoned");
     let up = post(
@@ -264,7 +266,7 @@ fn abandoned_uploads_and_orphan_blobs_are_removed() {
     let orphan_path = s.data_dir.path().join("blobs/ab/ab").join(&orphan);
     std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
     std::fs::write(&orphan_path, b"left behind").unwrap();
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(3100));
     // Within the grace period the orphan stays.
     let report = ferry_gc(s.data_dir.path(), "orphan-grace-secs = 3600\n");
     assert_eq!(report["uploads_removed"], 1, "{report}");

@@ -59,7 +59,8 @@ pub fn manifest_len(conn: &Conn<'_>, upload: &str) -> Result<u64> {
 /// The sum of the recorded entries' sizes.
 pub fn manifest_bytes(conn: &Conn<'_>, upload: &str) -> Result<u64> {
     let n: i64 = conn.query_one(
-        "SELECT COALESCE(SUM(size), 0) FROM upload_manifest WHERE upload_id = ?1",
+        // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
+        "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM upload_manifest WHERE upload_id = ?1",
         params![upload],
         |r| r.get(0),
     )?;

@@ -258,9 +258,17 @@ fn a_changed_nar_sends_only_its_new_chunks_and_repeats_none() {
         Body::None,
     );
     assert!(r.status < 300, "{}", r.text());
+    // `ferry gc` against the server's own engine (SQLite, or PostgreSQL
+    // when the suite runs on it).
+    let config = s.data_dir.path().join("gc.toml");
+    let mut text = format!("data-dir = {:?}\n", s.data_dir.path());
+    if let Some(url) = &s.database_url {
+        text.push_str(&format!("database-url = {url:?}\n"));
+    }
+    std::fs::write(&config, text).unwrap();
     let gc = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["gc", "--data-dir"])
-        .arg(s.data_dir.path())
+        .args(["gc", "--config"])
+        .arg(&config)
         .env("FERRY_LOG", "warn")
         .output()
         .unwrap();
