@@ -8,7 +8,7 @@
 //! what it answered the first time, so a resumed push makes the same parts.
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,22 +62,7 @@ impl ChunkedStream {
         upload: &str,
         handle: tokio::runtime::Handle,
     ) -> Result<ChunkedStream> {
-        let mut child = Command::new("nix-store")
-            .arg("--dump")
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                ClientError::Nix(format!(
-                    "cannot run `nix-store --dump` (is Nix on PATH?): {e}"
-                ))
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| ClientError::Nix("`nix-store --dump` has no stdout".into()))?;
+        let (child, stdout) = super::parts::dump(path)?;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -210,16 +195,7 @@ impl ChunkedStream {
             }
         }
         if part.is_empty() {
-            let status = self
-                .child
-                .wait()
-                .map_err(|e| ClientError::Nix(format!("nix-store --dump: {e}")))?;
-            if !status.success() {
-                return Err(ClientError::Nix(format!(
-                    "`nix-store --dump {}` failed ({status})",
-                    self.path
-                )));
-            }
+            super::parts::dump_succeeded(&mut self.child, &self.path)?;
             return Ok(None);
         }
         Ok(Some(part))

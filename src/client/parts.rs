@@ -36,6 +36,41 @@ pub fn read_part<R: Read>(r: &mut R, size: usize) -> io::Result<Option<Vec<u8>>>
     Ok(Some(buf))
 }
 
+/// Starts `nix-store --dump PATH`: the process and its output.
+pub fn dump(path: &str) -> Result<(Child, ChildStdout)> {
+    let mut child = Command::new("nix-store")
+        .arg("--dump")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            ClientError::Nix(format!(
+                "cannot run `nix-store --dump` (is Nix on PATH?): {e}"
+            ))
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ClientError::Nix("`nix-store --dump` has no stdout".into()))?;
+    Ok((child, stdout))
+}
+
+/// Waits for a dump read to its end and checks that it succeeded (a NAR
+/// cut short by a failed dump must not be taken for the whole).
+pub fn dump_succeeded(child: &mut Child, path: &str) -> Result<()> {
+    let status = child
+        .wait()
+        .map_err(|e| ClientError::Nix(format!("nix-store --dump: {e}")))?;
+    if !status.success() {
+        return Err(ClientError::Nix(format!(
+            "`nix-store --dump {path}` failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
 /// Counts the bytes read through it (NAR bytes, for progress).
 struct Counting<R> {
     inner: R,
@@ -62,22 +97,7 @@ pub struct NarStream {
 impl NarStream {
     /// Starts `nix-store --dump PATH`.
     pub fn start(path: &str) -> Result<NarStream> {
-        let mut child = Command::new("nix-store")
-            .arg("--dump")
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                ClientError::Nix(format!(
-                    "cannot run `nix-store --dump` (is Nix on PATH?): {e}"
-                ))
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| ClientError::Nix("`nix-store --dump` has no stdout".into()))?;
+        let (child, stdout) = dump(path)?;
         let nar_bytes = Arc::new(AtomicU64::new(0));
         let counting = Counting {
             inner: stdout,
@@ -99,16 +119,7 @@ impl NarStream {
         let part = read_part(&mut self.reader, size)
             .map_err(|e| ClientError::Nix(format!("reading the NAR of {}: {e}", self.path)))?;
         if part.is_none() {
-            let status = self
-                .child
-                .wait()
-                .map_err(|e| ClientError::Nix(format!("nix-store --dump: {e}")))?;
-            if !status.success() {
-                return Err(ClientError::Nix(format!(
-                    "`nix-store --dump {}` failed ({status})",
-                    self.path
-                )));
-            }
+            dump_succeeded(&mut self.child, &self.path)?;
         }
         Ok(part)
     }

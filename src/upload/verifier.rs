@@ -105,6 +105,20 @@ struct NarSink {
     encoder: Option<zstd::stream::write::Encoder<'static, FileSink>>,
 }
 
+impl NarSink {
+    /// A sink expecting `nar_size` NAR bytes.
+    fn new(nar_size: u64) -> NarSink {
+        NarSink {
+            sha: Sha256::new(),
+            bytes: 0,
+            limit: nar_size,
+            validator: NarValidator::with_listing(),
+            error: None,
+            encoder: None,
+        }
+    }
+}
+
 impl Write for NarSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.error.is_some() {
@@ -373,14 +387,7 @@ impl Verifier {
         out_path: &Path,
         zstd_level: i32,
     ) -> Result<Verifier> {
-        let mut sink = NarSink {
-            sha: Sha256::new(),
-            bytes: 0,
-            limit: nar_size,
-            validator: NarValidator::with_listing(),
-            error: None,
-            encoder: None,
-        };
+        let mut sink = NarSink::new(nar_size);
         let (pipeline, out_path) = match compression {
             Compression::Zstd => {
                 let mut dec = zstd::stream::write::Decoder::new(NarStage::start(sink)?)
@@ -427,14 +434,7 @@ impl Verifier {
     /// A fresh verifier of a chunked upload, reading held frames from
     /// `store`.
     pub fn chunked(nar_size: u64, store: crate::store::SharedStore) -> Result<Verifier> {
-        let sink = NarSink {
-            sha: Sha256::new(),
-            bytes: 0,
-            limit: nar_size,
-            validator: NarValidator::with_listing(),
-            error: None,
-            encoder: None,
-        };
+        let sink = NarSink::new(nar_size);
         let pipe = super::chunked::ChunkedPipe::new(store)?;
         Ok(Verifier {
             next: 1,

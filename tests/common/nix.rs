@@ -183,19 +183,7 @@ pub fn build_closure(spec: &ClosureSpec) -> BuiltClosure {
     }
     e.push_str(" ]\n");
 
-    let out = run_ok(
-        nix_cmd("nix-build")
-            .arg("--no-out-link")
-            .arg("--quiet")
-            .arg("-E")
-            .arg(&e),
-    );
-    let lines: Vec<String> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = nix_build_expr(&e);
     assert_eq!(
         lines.len(),
         spec.blobs.len() + 1,
@@ -219,14 +207,24 @@ pub fn build_copy_of(name: &str, dir: &Path, salt: &str) -> String {
         "derivation {{ name = \"{name}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
          args = [ \"-c\" \"cp -r '{src}' $out\" ]; PATH = \"/usr/bin:/bin\"; salt = \"{salt}\"; }}"
     );
+    nix_build_expr(&e).pop().expect("nix-build printed a path")
+}
+
+/// `nix-build --no-out-link -E EXPR`: the store paths it prints.
+fn nix_build_expr(e: &str) -> Vec<String> {
     let out = run_ok(
         nix_cmd("nix-build")
             .arg("--no-out-link")
             .arg("--quiet")
             .arg("-E")
-            .arg(&e),
+            .arg(e),
     );
-    String::from_utf8(out).unwrap().trim().to_owned()
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// One entry of `nix path-info --json`.
