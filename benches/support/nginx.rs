@@ -4,7 +4,7 @@
 //! that read figures are compared with (`sendfile off`, so it copies
 //! through user space as ferry does).
 //!
-//! Two worker processes (one per core of the development machine), no
+//! `worker_processes auto` (one per core: the strongest reference), no
 //! access log, every path inside a temp dir. Stopped with SIGTERM to the
 //! master (which takes its workers along) when dropped.
 
@@ -65,10 +65,20 @@ impl Nginx {
             .sum()
     }
 
-    /// A static file server for `root`.
+    /// A static file server for `root` (`sendfile off`: it copies
+    /// through user space, as ferry does).
     pub fn files(root: &Path) -> Nginx {
         Nginx::launch(&format!(
             "  server {{ listen 127.0.0.1:{{port}}; root {}; }}\n",
+            root.display()
+        ))
+    }
+
+    /// [`Nginx::files`] with `sendfile on` (the kernel copies: printed
+    /// for information, not as the reference).
+    pub fn files_sendfile(root: &Path) -> Nginx {
+        Nginx::launch(&format!(
+            "  server {{ listen 127.0.0.1:{{port}}; root {}; sendfile on; }}\n",
             root.display()
         ))
     }
@@ -84,7 +94,7 @@ impl Nginx {
         let port = super::free_port();
         let d = dir.path().display();
         let conf = format!(
-            "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+            "daemon off; worker_processes auto; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; sendfile off; keepalive_requests 1000000;\n\
              \x20 default_type application/octet-stream;\n\
