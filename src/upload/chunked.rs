@@ -80,7 +80,7 @@ struct Job {
     frame: Vec<u8>,
     size: u64,
     blake3: String,
-    reply: SyncSender<std::result::Result<Vec<u8>, String>>,
+    reply: SyncSender<Decoded>,
 }
 
 /// Threads decoding frames.
@@ -108,8 +108,8 @@ impl Pool {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let decoded = decode(&mut dctx, &job.frame, job.size, &job.blake3);
-                        let _ = job.reply.send(decoded);
+                        let data = decode(&mut dctx, &job.frame, job.size, &job.blake3);
+                        let _ = job.reply.send((job.frame, data));
                     }
                 })
                 .map_err(Error::internal)?;
@@ -156,12 +156,15 @@ fn decode(
     Ok(data)
 }
 
-/// A frame in flight: its entry, where it lies, and its decoding.
+/// A frame handed back by its decoder, with the chunk it decoded to.
+type Decoded = (Vec<u8>, std::result::Result<Vec<u8>, String>);
+
+/// A frame in flight: its entry, where it lies, and its decoding (the
+/// frame travels with it and comes back).
 struct Flight {
     entry: Entry,
     loc: Loc,
-    frame: Vec<u8>,
-    decoded: Receiver<std::result::Result<Vec<u8>, String>>,
+    decoded: Receiver<Decoded>,
 }
 
 /// Frames of one chunked upload in, NAR bytes out (into `nar`).
@@ -303,7 +306,7 @@ impl ChunkedPipe {
             ));
             let (reply, decoded) = sync_channel(1);
             let job = Job {
-                frame: frame.clone(),
+                frame,
                 size: entry.size,
                 blake3: entry.blake3.clone(),
                 reply,
@@ -317,7 +320,6 @@ impl ChunkedPipe {
             self.inflight.push_back(Flight {
                 entry,
                 loc,
-                frame,
                 decoded,
             });
             while self.inflight.len() >= self.depth {
@@ -413,7 +415,7 @@ impl ChunkedPipe {
         let Some(flight) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let decoded = flight
+        let (frame, decoded) = flight
             .decoded
             .recv()
             .map_err(|_| Error::internal("a frame decoder stopped"))?;
@@ -433,9 +435,9 @@ impl ChunkedPipe {
             }
         };
         nar.write_all(&data)?;
-        self.sha.update(&flight.frame);
-        self.file_size += flight.frame.len() as u64;
-        self.ranges.push((flight.loc, flight.frame.len() as u64));
+        self.sha.update(&frame);
+        self.file_size += frame.len() as u64;
+        self.ranges.push((flight.loc, frame.len() as u64));
         Ok(())
     }
 

@@ -18,6 +18,7 @@
 
 mod chunked;
 mod finish;
+mod fold;
 mod manifest;
 mod receive;
 pub mod tus;
