@@ -44,6 +44,43 @@ pub struct CreateUpload {
     pub compression: Option<String>,
 }
 
+/// `POST /_api/v1/caches/{cache}/batch`: one record's header line. The
+/// fields of [`CreateUpload`] plus `size`, the bytes of the NAR (in its
+/// `compression`) that follow the line.
+pub const BATCH_SIZE_FIELD: &str = "size";
+
+/// Paths one batch may carry.
+pub const MAX_BATCH_PATHS: usize = 1000;
+
+/// One path's answer in a batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub store_path: String,
+    /// `committed`, `verifying` or `failed`.
+    pub state: String,
+    /// Set when this request published the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narinfo_url: Option<String>,
+    /// Set when nothing was needed: the NarHash the cache publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nar_hash: Option<String>,
+    /// Set when still verifying: the upload to poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Set when failed: the HTTP status and the error body the same
+    /// failure gets on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The answer to a batch: one result per record, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
 /// 201 answer to [`CreateUpload`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadCreated {

@@ -65,6 +65,10 @@ pub enum Error {
         "the request body is {size} bytes, over this request's limit of {limit} bytes: send less per request"
     )]
     BodyTooLarge { size: u64, limit: u64 },
+    #[error(
+        "not published: its reference {0} failed earlier in this batch; fix that path and send both again"
+    )]
+    ReferenceNotPublished(String),
     #[error("{count} store paths in one request, over the limit of {limit}: split the request")]
     TooManyPaths { count: usize, limit: usize },
     #[error(
@@ -183,6 +187,7 @@ impl Error {
             Error::NarTooLarge { .. } => "nar_too_large",
             Error::TooManyUploads { .. } => "too_many_uploads",
             Error::TooManyPaths { .. } => "too_many_paths",
+            Error::ReferenceNotPublished(_) => "reference_not_published",
             Error::PartAfterVerdict { .. } => "part_after_verdict",
             Error::NarHashMismatch { .. } => "nar_hash_mismatch",
             Error::NarSizeMismatch { .. } => "nar_size_mismatch",
@@ -237,6 +242,7 @@ impl Error {
                 json!({"size": size, "limit": limit})
             }
             Error::TooManyPaths { count, limit } => json!({"count": count, "limit": limit}),
+            Error::ReferenceNotPublished(r) => json!({"reference": r}),
             Error::NarTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Error::TooManyUploads { limit } => json!({"limit": limit}),
             Error::PartDigestMismatch {

@@ -78,6 +78,10 @@ pub struct PushArgs {
     /// which only those the server lacks cross the wire.
     #[arg(long)]
     no_chunking: bool,
+    /// Push small paths (NAR up to 1 MiB) one upload each (three requests
+    /// per path) instead of many in one request.
+    #[arg(long)]
+    no_batching: bool,
 }
 
 #[derive(Args)]
@@ -97,6 +101,9 @@ pub struct WatchArgs {
     /// Send each NAR whole (zstd) instead of in content-defined chunks.
     #[arg(long)]
     no_chunking: bool,
+    /// Push small paths one upload each instead of many in one request.
+    #[arg(long)]
+    no_batching: bool,
 }
 
 /// Runs a client command.
@@ -231,6 +238,7 @@ async fn push_cmd(a: PushArgs) -> anyhow::Result<()> {
         part_size: a.part_size,
         ignore_upstream_filter: a.ignore_upstream_filter,
         chunking: !a.no_chunking,
+        batching: !a.no_batching,
     };
     let summary = push(&api, &l.target.cache, &info, state, paths, &opts).await?;
     eprintln!("{summary}");
@@ -248,6 +256,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
         part_size: a.part_size,
         ignore_upstream_filter: a.ignore_upstream_filter,
         chunking: !a.no_chunking,
+        batching: !a.no_batching,
     };
     let interval = Duration::from_secs(a.interval.max(1));
     Ok(watch_store(&api, &l.target.cache, &info, &state_path, interval, &opts).await?)

@@ -41,6 +41,7 @@ enum Body {
     Empty,
     Json(Bytes),
     Part { bytes: Bytes, digest: String },
+    Batch(Bytes),
 }
 
 /// One ferry server, authenticated with a token.
@@ -170,6 +171,15 @@ impl Api {
         Ok(answer.send)
     }
 
+    /// Sends a batch body (small NARs, see [`super::batch`]); one result
+    /// per record, in order.
+    pub async fn batch(&self, cache: &str, body: Bytes) -> Result<Vec<crate::api::BatchResult>> {
+        let path = format!("/_api/v1/caches/{cache}/batch");
+        let (_, answer): (_, crate::api::BatchResponse) =
+            self.json(Method::POST, &path, Body::Batch(body)).await?;
+        Ok(answer.results)
+    }
+
     pub async fn upload_status(&self, id: &str) -> Result<UploadStatus> {
         self.json(Method::GET, &format!("/_api/v1/uploads/{id}"), Body::Empty)
             .await
@@ -255,6 +265,9 @@ impl Api {
                 .header("content-type", "application/octet-stream")
                 .header(crate::api::CONTENT_DIGEST, digest)
                 .body(bytes.clone()),
+            Body::Batch(b) => req
+                .header("content-type", "application/octet-stream")
+                .body(b.clone()),
         };
         let transport = |e: reqwest::Error| ClientError::Transport {
             method: method.to_string(),

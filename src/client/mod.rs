@@ -13,6 +13,7 @@
 //! and [`watch`] (`ferry watch-store`).
 
 pub mod backoff;
+pub mod batch;
 pub mod chunk;
 pub mod chunked_parts;
 pub mod config;

@@ -56,9 +56,14 @@ impl Progress {
 
     /// A path is done (pushed, deduplicated or failed).
     pub fn finish_path(&self, bar: &ProgressBar) {
+        self.finish_paths(bar, 1);
+    }
+
+    /// `paths` paths shown by one bar (a batch) are done.
+    pub fn finish_paths(&self, bar: &ProgressBar, paths: u64) {
         bar.finish_and_clear();
         self.multi.remove(bar);
-        self.paths_done.fetch_add(1, Ordering::Relaxed);
+        self.paths_done.fetch_add(paths, Ordering::Relaxed);
         self.refresh_message();
     }
 

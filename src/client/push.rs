@@ -8,18 +8,19 @@
 //! references pushed with it are committed, so a substituter never sees a
 //! path whose references are missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::batch;
 use super::http::Api;
 use super::pathinfo::{self, PathInfo};
 use super::progress::{Progress, Summary};
-use super::push_path::{Ctx, Outcome, push_one};
+use super::push_path::{Ctx, Outcome, push_one, wait_for_paths};
 use super::resume::StateFile;
 use super::{ClientError, Result};
 use crate::api::CacheInfo;
@@ -41,6 +42,8 @@ pub struct PushOptions {
     /// Send content-defined chunks (only those the server lacks) rather
     /// than each NAR whole.
     pub chunking: bool,
+    /// Send small paths many to a request (see [`super::batch`]).
+    pub batching: bool,
 }
 
 impl Default for PushOptions {
@@ -51,6 +54,7 @@ impl Default for PushOptions {
             part_size: DEFAULT_PART_SIZE,
             ignore_upstream_filter: false,
             chunking: true,
+            batching: true,
         }
     }
 }
@@ -105,48 +109,52 @@ pub async fn push(
         done,
     });
     let path_permits = Arc::new(Semaphore::new(jobs));
-    let mut tasks = JoinSet::new();
+    let mut tasks: Tasks = JoinSet::new();
+    let mut batch = Batch::default();
     for info in todo {
-        let permit = path_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Nix("the push was stopped".into()))?;
+        if opts.batching && info.nar_size <= batch::SMALL_NAR {
+            if batch.infos.len() == batch::BATCH_PATHS
+                || batch.nar_bytes + info.nar_size > batch::BATCH_NAR_BYTES
+            {
+                let permit = acquire(&path_permits).await?;
+                spawn_batch(&mut tasks, &ctx, &mut senders, batch.take(), permit);
+            }
+            batch.add(info);
+            continue;
+        }
+        // A path waiting on a batch not sent yet would hold its permit
+        // while the batch waits for one: send the batch first.
+        if info.references.iter().any(|r| batch.paths.contains(r)) {
+            let permit = acquire(&path_permits).await?;
+            spawn_batch(&mut tasks, &ctx, &mut senders, batch.take(), permit);
+        }
+        let permit = acquire(&path_permits).await?;
         let tx = senders.remove(&info.path);
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let name = info
-                .path
-                .rsplit('/')
-                .next()
-                .unwrap_or(&info.path)
-                .to_owned();
-            let bar = ctx.progress.path_bar(&name, info.nar_size);
-            let path = info.path.clone();
-            let r = push_one(ctx.clone(), info, bar.clone()).await;
-            if let Some(tx) = tx {
-                let _ = tx.send(Some(r.is_ok()));
-            }
-            if let Err(e) = &r {
-                ctx.progress.println(&format!("error: {e}"));
-            }
-            ctx.progress.finish_path(&bar);
+            let r = push_single(&ctx, info, tx).await;
             drop(permit);
-            (path, r)
+            vec![r]
         });
+    }
+    if !batch.infos.is_empty() {
+        let permit = acquire(&path_permits).await?;
+        spawn_batch(&mut tasks, &ctx, &mut senders, batch.take(), permit);
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(Outcome::Pushed))) => summary.pushed += 1,
-            Ok((_, Ok(Outcome::Deduplicated))) => summary.deduplicated += 1,
-            Ok((_, Err(e))) => {
-                summary.failed += 1;
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                summary.failed += 1;
-                first_error.get_or_insert(ClientError::Nix(format!("a push task stopped: {e}")));
+        let results = match joined {
+            Ok(results) => results,
+            Err(e) => vec![Err(ClientError::Nix(format!("a push task stopped: {e}")))],
+        };
+        for r in results {
+            match r {
+                Ok(Outcome::Pushed) => summary.pushed += 1,
+                Ok(Outcome::Deduplicated) => summary.deduplicated += 1,
+                Err(e) => {
+                    summary.failed += 1;
+                    first_error.get_or_insert(e);
+                }
             }
         }
     }
@@ -160,4 +168,160 @@ pub async fn push(
             message: e.to_string(),
         }),
     }
+}
+
+/// Tasks of a push: each ends with the outcomes of its paths.
+type Tasks = JoinSet<Vec<Result<Outcome>>>;
+
+/// Small paths gathered for one batch.
+#[derive(Default)]
+struct Batch {
+    infos: Vec<PathInfo>,
+    paths: HashSet<String>,
+    nar_bytes: u64,
+}
+
+impl Batch {
+    fn add(&mut self, info: PathInfo) {
+        self.nar_bytes += info.nar_size;
+        self.paths.insert(info.path.clone());
+        self.infos.push(info);
+    }
+
+    fn take(&mut self) -> Vec<PathInfo> {
+        self.paths.clear();
+        self.nar_bytes = 0;
+        std::mem::take(&mut self.infos)
+    }
+}
+
+async fn acquire(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
+    permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ClientError::Nix("the push was stopped".into()))
+}
+
+/// Pushes one path through the parts API, with its own bar; tells its
+/// referrers how it ended.
+async fn push_single(
+    ctx: &Arc<Ctx>,
+    info: PathInfo,
+    tx: Option<watch::Sender<Option<bool>>>,
+) -> Result<Outcome> {
+    let name = info
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or(&info.path)
+        .to_owned();
+    let bar = ctx.progress.path_bar(&name, info.nar_size);
+    let r = push_one(ctx.clone(), info, bar.clone()).await;
+    if let Some(tx) = tx {
+        let _ = tx.send(Some(r.is_ok()));
+    }
+    if let Err(e) = &r {
+        ctx.progress.println(&format!("error: {e}"));
+    }
+    ctx.progress.finish_path(&bar);
+    r
+}
+
+/// Starts a task sending `infos` (small paths in topological order) as one
+/// batch, after the references pushed outside it; paths one by one when
+/// the server has no batch door.
+fn spawn_batch(
+    tasks: &mut Tasks,
+    ctx: &Arc<Ctx>,
+    senders: &mut HashMap<String, watch::Sender<Option<bool>>>,
+    infos: Vec<PathInfo>,
+    permit: OwnedSemaphorePermit,
+) {
+    if infos.is_empty() {
+        return;
+    }
+    let txs: Vec<_> = infos.iter().map(|i| senders.remove(&i.path)).collect();
+    let ctx = ctx.clone();
+    tasks.spawn(async move {
+        let inside: HashSet<String> = infos.iter().map(|i| i.path.clone()).collect();
+        let nar_bytes = infos.iter().map(|i| i.nar_size).sum();
+        let bar = ctx
+            .progress
+            .path_bar(&format!("{} small paths", infos.len()), nar_bytes);
+        // Paths whose references outside the batch failed stay out, and
+        // so do the paths of the batch that refer to them.
+        let mut blocked: HashMap<String, ClientError> = HashMap::new();
+        for info in &infos {
+            let inner = info
+                .references
+                .iter()
+                .find(|r| *r != &info.path && blocked.contains_key(*r));
+            let why = match inner {
+                Some(r) => Some(ClientError::Push {
+                    path: info.path.clone(),
+                    message: format!("not published because its reference {r} failed to push"),
+                }),
+                None => wait_for_paths(&ctx, info, |r| !inside.contains(r))
+                    .await
+                    .err(),
+            };
+            if let Some(e) = why {
+                blocked.insert(info.path.clone(), e);
+            }
+        }
+        let go: Vec<PathInfo> = infos
+            .iter()
+            .filter(|i| !blocked.contains_key(&i.path))
+            .cloned()
+            .collect();
+        let mut sent: HashMap<String, Result<Outcome>> = HashMap::new();
+        if !go.is_empty() {
+            match batch::send(&ctx, &go).await {
+                Ok(Some(outcomes)) => {
+                    for (i, r) in go.iter().zip(outcomes) {
+                        sent.insert(i.path.clone(), r);
+                    }
+                }
+                Ok(None) => {
+                    for i in go {
+                        let path = i.path.clone();
+                        let r = push_one(ctx.clone(), i, bar.clone()).await;
+                        sent.insert(path, r);
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for i in go {
+                        sent.insert(
+                            i.path.clone(),
+                            Err(ClientError::Push {
+                                path: i.path.clone(),
+                                message: message.clone(),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        ctx.progress.add_bytes(nar_bytes);
+        let mut out = vec![];
+        for (info, tx) in infos.iter().zip(txs) {
+            let r = blocked
+                .remove(&info.path)
+                .map(Err)
+                .or_else(|| sent.remove(&info.path))
+                .unwrap_or_else(|| Err(ClientError::Nix(format!("{} was not pushed", info.path))));
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(r.is_ok()));
+            }
+            if let Err(e) = &r {
+                ctx.progress.println(&format!("error: {e}"));
+            }
+            out.push(r);
+        }
+        ctx.progress.finish_paths(&bar, infos.len() as u64);
+        drop(permit);
+        out
+    });
 }

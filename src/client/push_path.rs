@@ -152,7 +152,7 @@ pub(crate) async fn push_one(ctx: Arc<Ctx>, info: PathInfo, bar: ProgressBar) ->
 }
 
 /// Where a completed upload ended up.
-enum Settled {
+pub(crate) enum Settled {
     Committed,
     /// Open again: parts to send (a fault or a lost part reopened it).
     Open,
@@ -382,7 +382,21 @@ fn flatten(r: Result<Result<()>, tokio::task::JoinError>) -> Result<(), SendErro
 
 /// Waits until every reference pushed alongside this path is committed.
 async fn wait_for_references(ctx: &Ctx, info: &PathInfo) -> Result<()> {
-    for r in info.references.iter().filter(|r| **r != info.path) {
+    wait_for_paths(ctx, info, |_| true).await
+}
+
+/// Waits until every reference of `info` that `which` picks, if pushed
+/// alongside it, is committed.
+pub(crate) async fn wait_for_paths(
+    ctx: &Ctx,
+    info: &PathInfo,
+    which: impl Fn(&str) -> bool,
+) -> Result<()> {
+    for r in info
+        .references
+        .iter()
+        .filter(|r| **r != info.path && which(r))
+    {
         let Some(rx) = ctx.done.get(r) else { continue };
         let mut rx = rx.clone();
         let ok = rx
@@ -401,7 +415,7 @@ async fn wait_for_references(ctx: &Ctx, info: &PathInfo) -> Result<()> {
 }
 
 /// Polls an upload until it is committed, open again, or failed (`Err`).
-async fn poll_until_settled(api: &Api, id: &str) -> Result<Settled> {
+pub(crate) async fn poll_until_settled(api: &Api, id: &str) -> Result<Settled> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let st = api.upload_status(id).await?;

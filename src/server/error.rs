@@ -34,6 +34,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::TooManyPaths { .. }
         | Error::NarTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::ReferenceNotPublished(_) => StatusCode::FAILED_DEPENDENCY,
         Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
         Error::MissingParts { .. }
         | Error::PartAfterVerdict { .. }

@@ -109,6 +109,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/status", web::get().to(status::status))
             .route("/caches/{cache}/missing", web::post().to(uploads::missing))
             .route("/caches/{cache}/uploads", web::post().to(uploads::create))
+            .route("/caches/{cache}/batch", web::post().to(batch::batch))
             .route("/caches/{cache}/uploads", web::get().to(uploads::list))
             .route("/uploads/{id}", web::get().to(uploads::status))
             .route("/uploads/{id}", web::delete().to(uploads::abandon))

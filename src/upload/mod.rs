@@ -23,6 +23,7 @@ mod manifest;
 mod receive;
 pub mod tus;
 pub mod verifier;
+mod whole;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub use chunked::FrameAt;
 pub use manifest::MAX_BATCH as MAX_CHUNK_BATCH;
 pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;
+pub use whole::Whole;
 
 /// The `compression` of a bucket upload (parts only, never verified).
 pub const BUCKET: &str = "bucket";

@@ -9,6 +9,7 @@
 mod common;
 
 mod auth;
+mod batch;
 mod caches;
 mod chunks;
 mod complete;

@@ -1,6 +1,7 @@
 //! One file per endpoint group; each handler checks input and access,
 //! calls the domain, and shapes the answer.
 
+pub mod batch;
 pub mod caches;
 pub mod health;
 pub mod logs;

@@ -72,31 +72,7 @@ pub async fn create(
 ) -> Result<HttpResponse> {
     let cache = access::cache(&state, &req, &path, Operation::Push).await?;
     let body: CreateUpload = body::json(&req, payload, body::JSON_LIMIT).await?;
-    if body.references.len() > MAX_REFERENCES {
-        return Err(Error::TooManyPaths {
-            count: body.references.len(),
-            limit: MAX_REFERENCES,
-        });
-    }
-    let compression = Compression::of_parts(body.compression.as_deref())?;
-    for r in body.references.iter().chain(body.deriver.iter()) {
-        StorePath::parse(r, &cache.store_dir)?;
-    }
-    let new = NewUpload {
-        store_path: StorePath::parse(&body.store_path, &cache.store_dir)?,
-        nar_hash: Sha256Hash::parse(&body.nar_hash)?,
-        nar_size: body.nar_size,
-        meta: UploadMeta {
-            references: body.references,
-            deriver: body.deriver,
-            ca: body.ca,
-            sigs: body.sigs,
-            file_hash: None,
-            file_size: None,
-        },
-        compression,
-        owner: access::owner_of(&req),
-    };
+    let new = new_upload(&cache, body, access::owner_of(&req))?;
     let may_read = access::pull_check(&state, &req);
     match state.engine.create(&cache, new, &may_read).await? {
         Created::Committed { nar_hash } => Ok(json_no_store(
@@ -113,6 +89,39 @@ pub async fn create(
             Ok(json_no_store(StatusCode::CREATED, &body))
         }
     }
+}
+
+/// Checks a create request's fields and turns them into the engine's.
+pub(super) fn new_upload(
+    cache: &CacheRow,
+    body: CreateUpload,
+    owner: Option<String>,
+) -> Result<NewUpload> {
+    if body.references.len() > MAX_REFERENCES {
+        return Err(Error::TooManyPaths {
+            count: body.references.len(),
+            limit: MAX_REFERENCES,
+        });
+    }
+    let compression = Compression::of_parts(body.compression.as_deref())?;
+    for r in body.references.iter().chain(body.deriver.iter()) {
+        StorePath::parse(r, &cache.store_dir)?;
+    }
+    Ok(NewUpload {
+        store_path: StorePath::parse(&body.store_path, &cache.store_dir)?,
+        nar_hash: Sha256Hash::parse(&body.nar_hash)?,
+        nar_size: body.nar_size,
+        meta: UploadMeta {
+            references: body.references,
+            deriver: body.deriver,
+            ca: body.ca,
+            sigs: body.sigs,
+            file_hash: None,
+            file_size: None,
+        },
+        compression,
+        owner,
+    })
 }
 
 /// `GET /caches/{cache}/uploads`: uploads not yet committed.

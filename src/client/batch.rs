@@ -1,0 +1,155 @@
+//! Small paths in batches: one request carries many small NARs.
+//!
+//! Through a tunnel every request costs a round trip, and a path pushed
+//! through the parts API costs three (create, part, complete). Paths whose
+//! NAR is at most [`SMALL_NAR`] bytes go instead in batches (`POST
+//! /_api/v1/caches/{cache}/batch`): per path a header line (the create
+//! request plus `size`) and the NAR compressed with zstd; the server
+//! verifies and publishes each path on its own, in order, and answers one
+//! result per path. A batch is small enough to be sent again whole (no
+//! resume state), and is re-sent by the usual retries: paths it already
+//! published answer "committed".
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::parts::{ZSTD_LEVEL, dump, dump_succeeded};
+use super::pathinfo::PathInfo;
+use super::push_path::{Ctx, Outcome, Settled, poll_until_settled};
+use super::{ClientError, Result};
+use crate::api::{BATCH_SIZE_FIELD, BatchResult, CreateUpload};
+
+/// Paths whose NarSize is at most this go in batches.
+pub const SMALL_NAR: u64 = 1 << 20;
+/// NAR bytes (before compression) one batch carries at most.
+pub const BATCH_NAR_BYTES: u64 = 16 << 20;
+/// Paths one batch carries at most.
+pub const BATCH_PATHS: usize = 500;
+
+/// Dumps the paths (on up to `threads` threads) and lays out the body:
+/// per path its header line, then its NAR as one zstd frame.
+pub fn body(infos: &[PathInfo], threads: usize) -> Result<Vec<u8>> {
+    let threads = threads.clamp(1, infos.len().max(1));
+    let per = infos.len().div_ceil(threads).max(1);
+    let frames: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = infos
+            .chunks(per)
+            .map(|group| s.spawn(move || group.iter().map(frame_of).collect::<Result<Vec<_>>>()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ClientError::Nix("a NAR dump thread stopped".into())))
+            })
+            .collect()
+    });
+    let mut out = vec![];
+    let mut frames = frames
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten();
+    for info in infos {
+        let frame = frames
+            .next()
+            .ok_or_else(|| ClientError::Nix("a NAR dump went missing".into()))?;
+        let mut header = serde_json::to_value(CreateUpload {
+            store_path: info.path.clone(),
+            nar_hash: info.nar_hash.clone().unwrap_or_default(),
+            nar_size: info.nar_size,
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
+            ca: info.ca.clone(),
+            sigs: info.signatures.clone(),
+            compression: Some("zstd".into()),
+        })
+        .map_err(|e| ClientError::Config(format!("cannot encode a batch record: {e}")))?;
+        if let Some(map) = header.as_object_mut() {
+            map.insert(BATCH_SIZE_FIELD.into(), frame.len().into());
+        }
+        serde_json::to_writer(&mut out, &header)
+            .map_err(|e| ClientError::Config(format!("cannot encode a batch record: {e}")))?;
+        out.push(b'\n');
+        out.extend_from_slice(&frame);
+    }
+    Ok(out)
+}
+
+/// The NAR of `info`, compressed.
+fn frame_of(info: &PathInfo) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let (mut child, mut stdout) = dump(&info.path)?;
+    let mut nar = Vec::with_capacity(info.nar_size as usize);
+    stdout
+        .read_to_end(&mut nar)
+        .map_err(|e| ClientError::Nix(format!("reading `nix-store --dump {}`: {e}", info.path)))?;
+    dump_succeeded(&mut child, &info.path)?;
+    zstd::bulk::compress(&nar, ZSTD_LEVEL)
+        .map_err(|e| ClientError::Nix(format!("cannot compress the NAR of {}: {e}", info.path)))
+}
+
+/// Sends `infos` as one batch. `None` when the server has no batch door
+/// (a server from before it): push the paths one by one.
+pub(crate) async fn send(
+    ctx: &Arc<Ctx>,
+    infos: &[PathInfo],
+) -> Result<Option<Vec<Result<Outcome>>>> {
+    let owned = infos.to_vec();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let body = tokio::task::spawn_blocking(move || body(&owned, threads))
+        .await
+        .map_err(|e| ClientError::Nix(format!("the NAR dumps stopped: {e}")))??;
+    let len = body.len() as u64;
+    let results = match ctx.api.batch(&ctx.cache, Bytes::from(body)).await {
+        Err(e) if matches!(e.status(), Some(404 | 405)) => return Ok(None),
+        other => other?,
+    };
+    ctx.bytes_sent
+        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    if results.len() != infos.len() {
+        return Err(ClientError::Push {
+            path: format!("a batch of {} paths", infos.len()),
+            message: format!("the server answered {} results", results.len()),
+        });
+    }
+    let mut out = vec![];
+    for (info, r) in infos.iter().zip(results) {
+        out.push(outcome(ctx, info, r).await);
+    }
+    Ok(Some(out))
+}
+
+/// One path's outcome from its result.
+async fn outcome(ctx: &Ctx, info: &PathInfo, r: BatchResult) -> Result<Outcome> {
+    let fail = |message: String| ClientError::Push {
+        path: info.path.clone(),
+        message,
+    };
+    match r.state.as_str() {
+        "committed" if r.narinfo_url.is_some() => Ok(Outcome::Pushed),
+        "committed" => Ok(Outcome::Deduplicated),
+        "verifying" => {
+            let id = r.id.unwrap_or_default();
+            match poll_until_settled(&ctx.api, &id).await? {
+                Settled::Committed => Ok(Outcome::Pushed),
+                Settled::Open => {
+                    let _ = ctx.api.abandon(&id).await;
+                    Err(fail(
+                        "the server reopened its upload after a fault; push it again".into(),
+                    ))
+                }
+            }
+        }
+        _ => {
+            let why = r
+                .error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("no reason given");
+            Err(fail(format!("the server refused it: {why}")))
+        }
+    }
+}
