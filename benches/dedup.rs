@@ -37,10 +37,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use support::nginx::Nginx;
+use support::push::{NIX_CONFIG, Site, build_copy};
 use support::{Server, at_least, at_most, dd_fsync, env_num, mbps, work_dir};
-
-const NIX_CONFIG: &str =
-    "build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n";
 
 /// splitmix64.
 struct Rng(u64);
@@ -88,100 +86,6 @@ fn one_percent_changed(base: &[u8]) -> Vec<u8> {
     let third = out.len() / 3;
     out.splice(third..third, text_like(4096, 98));
     out
-}
-
-/// A `ferry` client with a home of its own.
-struct Client {
-    home: tempfile::TempDir,
-}
-
-impl Client {
-    fn new() -> Client {
-        Client {
-            home: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Duration {
-        let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("XDG_STATE_HOME", self.home.path().join("state"))
-            .env("HOME", self.home.path())
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .env("FERRY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run ferry");
-        assert!(
-            out.status.success(),
-            "ferry {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        t.elapsed()
-    }
-}
-
-/// A fresh server with a logged proxy, a client logged in through it, and
-/// a cache `main`.
-struct Site {
-    _dir: tempfile::TempDir,
-    _server: Server,
-    nginx: Nginx,
-    client: Client,
-}
-
-impl Site {
-    fn new(base: &Path) -> Site {
-        let dir = tempfile::tempdir_in(base).expect("tempdir");
-        let server = Server::start(&dir.path().join("data"));
-        let nginx = Nginx::proxy_logged(server.port);
-        let client = Client::new();
-        client.run(&["login", "b", &nginx.url(), &server.token]);
-        client.run(&["cache", "create", "b:main"]);
-        Site {
-            _dir: dir,
-            _server: server,
-            nginx,
-            client,
-        }
-    }
-
-    /// Pushes `path` (with `extra` arguments): time and bytes at the proxy.
-    fn push(&self, path: &str, extra: &[&str]) -> (Duration, u64) {
-        let before = self.nginx.wire_bytes();
-        let mut args = vec!["push", "b:main", path];
-        args.extend_from_slice(extra);
-        let t = self.client.run(&args);
-        // nginx logs a request once it has ended; the last one may lag.
-        std::thread::sleep(Duration::from_millis(200));
-        (t, self.nginx.wire_bytes() - before)
-    }
-}
-
-/// Builds a store path holding a copy of `src` (file or directory).
-fn build_copy(name: &str, src: &Path, salt: &str) -> String {
-    let e = format!(
-        "derivation {{ name = \"{name}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
-         args = [ \"-c\" \"cp -r '{}' $out\" ]; PATH = \"/usr/bin:/bin\"; salt = \"{salt}\"; }}",
-        src.display()
-    );
-    let out = Command::new("nix-build")
-        .args(["--no-out-link", "--quiet", "-E", &e])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .expect("nix-build (is Nix installed? run .ci/run)");
-    assert!(
-        out.status.success(),
-        "nix-build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
 }
 
 fn write(path: &Path, bytes: &[u8]) -> PathBuf {

@@ -8,9 +8,11 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod delay;
 pub mod load;
 pub mod nar;
 pub mod nginx;
+pub mod push;
 
 use std::io::Read;
 use std::net::TcpStream;

@@ -65,6 +65,14 @@ impl Nginx {
             .sum()
     }
 
+    /// Requests a [`Nginx::proxy_logged`] has logged so far.
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("wire.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
     /// A static file server for `root` (`sendfile off`: it copies
     /// through user space, as ferry does).
     pub fn files(root: &Path) -> Nginx {

@@ -77,8 +77,23 @@ pub fn body(infos: &[PathInfo], threads: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The NAR of `info`, compressed.
+/// The NAR of `info`, compressed: read in-process (checked against its
+/// NarHash), else dumped by Nix.
 fn frame_of(info: &PathInfo) -> Result<Vec<u8>> {
+    let nar = match super::dump::checked_nar_of(
+        std::path::Path::new(&info.path),
+        info.nar_hash.as_deref().unwrap_or_default(),
+        info.nar_size,
+    ) {
+        Some(nar) => nar,
+        None => nix_dump(info)?,
+    };
+    zstd::bulk::compress(&nar, ZSTD_LEVEL)
+        .map_err(|e| ClientError::Nix(format!("cannot compress the NAR of {}: {e}", info.path)))
+}
+
+/// `nix-store --dump` of `info`, whole.
+fn nix_dump(info: &PathInfo) -> Result<Vec<u8>> {
     use std::io::Read as _;
     let (mut child, mut stdout) = dump(&info.path)?;
     let mut nar = Vec::with_capacity(info.nar_size as usize);
@@ -86,8 +101,7 @@ fn frame_of(info: &PathInfo) -> Result<Vec<u8>> {
         .read_to_end(&mut nar)
         .map_err(|e| ClientError::Nix(format!("reading `nix-store --dump {}`: {e}", info.path)))?;
     dump_succeeded(&mut child, &info.path)?;
-    zstd::bulk::compress(&nar, ZSTD_LEVEL)
-        .map_err(|e| ClientError::Nix(format!("cannot compress the NAR of {}: {e}", info.path)))
+    Ok(nar)
 }
 
 /// Sends `infos` as one batch. `None` when the server has no batch door

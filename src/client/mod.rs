@@ -17,6 +17,7 @@ pub mod batch;
 pub mod chunk;
 pub mod chunked_parts;
 pub mod config;
+pub mod dump;
 pub mod http;
 pub mod nixconf;
 pub mod nixenv;

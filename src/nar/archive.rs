@@ -54,7 +54,8 @@ pub fn write_nar(tree: &Tree) -> Vec<u8> {
     out
 }
 
-fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+/// Appends one NAR string: length, bytes, zero padding to 8.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s);
     let pad = (8 - s.len() % 8) % 8;

@@ -44,7 +44,7 @@ fn a_batch_publishes_each_path_on_its_own() {
     let lying = Nar {
         path: b.path.clone(),
         bytes: b.bytes.clone(),
-        hash: a.hash.clone(),
+        hash: a.hash,
     };
     let mut body = record(&a, "zstd", &[], &a.zst());
     body.extend(record(&lying, "zstd", &[], &b.zst()));
