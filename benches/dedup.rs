@@ -17,6 +17,9 @@
 //! 3. the first push of a fresh 1 GiB text-like path, chunked vs
 //!    `--no-chunking` (today's whole-NAR push), each into a fresh server,
 //!    best of two alternating runs (goal: chunked no more than 5 % slower);
+//!    Beside it, the local limit of producing the same bytes: `nix-store
+//!    --dump | zstd -3 -T0 > file` with fsync (goal: the push ≥ 0.8× of
+//!    it, the end-to-end figure);
 //! 4. ingest of a fresh 1 GiB text-like NAR, chunked beforehand as
 //!    `ferry push` does (so the client's work is not timed): create,
 //!    manifest, parts of 64 MiB with 4 in flight, complete, through nginx.
@@ -182,6 +185,32 @@ fn main() {
             at_most(slower, 1.05, "1.05×"),
             chunked.as_secs_f64(),
             whole.as_secs_f64(),
+        );
+        // The local limit of producing the same bytes: dump, compress on
+        // every core, write and fsync (best of 2).
+        let out = w.join("dump.nar.zst");
+        let mut local = Duration::MAX;
+        for _ in 0..2 {
+            let t = Instant::now();
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "nix-store --dump '{p3}' | zstd -3 -T0 -q -f -o '{0}' && sync '{0}'",
+                    out.display()
+                ))
+                .env("NIX_CONFIG", NIX_CONFIG)
+                .status()
+                .expect("sh");
+            assert!(status.success(), "nix-store --dump | zstd");
+            local = local.min(t.elapsed());
+        }
+        let _ = std::fs::remove_file(&out);
+        let ratio = local.as_secs_f64() / chunked.as_secs_f64();
+        println!(
+            "  ferry push end to end        {ratio:>5.2}× the local limit {}  (ferry push through nginx {:.2} s; nix-store --dump | zstd -3 -T0 > file, fsync {:.2} s)",
+            at_least(ratio, 0.8, "0.8×"),
+            chunked.as_secs_f64(),
+            local.as_secs_f64(),
         );
     }
 

@@ -13,8 +13,13 @@
 //! push). Also printed: the commit latency after the last part, and the
 //! server's peak RSS (`VmHWM`) against a 256 MiB NAR of the same kind.
 //!
+//! Also the same NAR sent plain (`compression: none`, as curl scripts and
+//! tus clients send it; the server compresses it), at the smallest size,
+//! against `dd conv=fsync` of the plain bytes.
+//!
 //! Run: `cargo bench --bench ingest`. Knobs: `FERRY_BENCH_SIZES=1,4` (GiB,
 //! fractions allowed), `FERRY_BENCH_KINDS=random,text`,
+//! `FERRY_BENCH_COMPRESSION=zstd,none`,
 //! `FERRY_BENCH_JOBS=4`, `FERRY_BENCH_DIR` (default `target/tmp`),
 //! `FERRY_BENCH_PROXY=0` to push straight to ferry (to see nginx's share).
 
@@ -36,25 +41,46 @@ struct Ingest {
     commit_ms: f64,
     rss_mib: f64,
     verify_mbps: f64,
+    /// Sent as a plain NAR (`compression: none`).
+    plain: bool,
 }
 
-fn ingest(rt: &tokio::runtime::Runtime, kind: Kind, mib: u64, jobs: usize, seed: u64) -> Ingest {
+fn ingest(
+    rt: &tokio::runtime::Runtime,
+    kind: Kind,
+    mib: u64,
+    jobs: usize,
+    seed: u64,
+    plain: bool,
+) -> Ingest {
     let work = support::work_dir();
     let zst = work.path().join("nar.zst");
     eprintln!("preparing a {mib} MiB {} NAR …", kind.name());
     let made = nar::to_file(&zst, kind, mib << 20, seed);
-    let dd_before = dd_fsync(&zst, work.path());
+    // The bytes on the wire: the zstd file, or the NAR itself.
+    let wire = if plain {
+        let raw = work.path().join("nar");
+        nar::decompress_file(&zst, &raw);
+        std::fs::remove_file(&zst).ok();
+        raw
+    } else {
+        zst
+    };
+    let dd_before = dd_fsync(&wire, work.path());
     let data = work.path().join("data");
     let server = Server::start(&data);
     let proxy = support::env_num("FERRY_BENCH_PROXY", 1) == 1;
     let proxy = proxy.then(|| Nginx::proxy(server.port));
     let url = proxy.as_ref().map_or_else(|| server.url(), Nginx::url);
     let api = Api::new(&url, &server.token);
+    let compression = if plain { "none" } else { "zstd" };
     let (pushed, verify_mbps) = rt.block_on(async {
         api.create_cache("bench", false).await;
         let path = nar::store_path(seed, 0, "bench");
         let pushed = api
-            .push("bench", &path, &made, jobs, |n| file_part(&zst, n))
+            .push_as("bench", &path, &made, jobs, compression, |n| {
+                file_part(&wire, n)
+            })
             .await;
         assert!(!pushed.linked);
         let bytes = api.metric("ferry_verified_bytes_total").await;
@@ -65,7 +91,7 @@ fn ingest(rt: &tokio::runtime::Runtime, kind: Kind, mib: u64, jobs: usize, seed:
     drop(proxy);
     drop(server);
     std::fs::remove_dir_all(&data).ok();
-    let dd_after = dd_fsync(&zst, work.path());
+    let dd_after = dd_fsync(&wire, work.path());
     Ingest {
         secs: pushed.total.as_secs_f64(),
         dd_mbps: (dd_before + dd_after) / 2.0,
@@ -73,16 +99,22 @@ fn ingest(rt: &tokio::runtime::Runtime, kind: Kind, mib: u64, jobs: usize, seed:
         rss_mib,
         verify_mbps,
         nar: made,
+        plain,
     }
 }
 
 fn report(kind: Kind, mib: u64, r: &Ingest) {
     let n = &r.nar;
-    let zst_rate = n.zst_size as f64 / 1e6 / r.secs;
+    let (wire, what) = if r.plain {
+        (n.nar_size, "plain NAR")
+    } else {
+        (n.zst_size, "zstd")
+    };
+    let wire_rate = wire as f64 / 1e6 / r.secs;
     let nar_rate = n.nar_size as f64 / 1e6 / r.secs;
-    let ratio = zst_rate / r.dd_mbps;
+    let ratio = wire_rate / r.dd_mbps;
     println!(
-        "{} {}: NAR {:.1} MB, {:.1} MB as zstd ({:.2}×)",
+        "{} {}, sent as {what}: NAR {:.1} MB, {:.1} MB as zstd ({:.2}×)",
         kind.name(),
         size_name(mib),
         n.nar_size as f64 / 1e6,
@@ -90,7 +122,7 @@ fn report(kind: Kind, mib: u64, r: &Ingest) {
         n.nar_size as f64 / n.zst_size as f64
     );
     println!(
-        "  ferry/dd               {ratio:8.2}      {}  (ferry {zst_rate:.1} MB/s of zstd = {nar_rate:.1} MB/s of NAR, {:.2} s; dd {:.1} MB/s)",
+        "  ferry/dd               {ratio:8.2}      {}  (ferry {wire_rate:.1} MB/s of {what} = {nar_rate:.1} MB/s of NAR, {:.2} s; dd of the same bytes {:.1} MB/s)",
         at_least(ratio, 0.8, "0.8"),
         r.secs,
         r.dd_mbps
@@ -102,13 +134,15 @@ fn report(kind: Kind, mib: u64, r: &Ingest) {
     );
     println!("  server peak RSS        {:8.1} MiB", r.rss_mib);
     println!(
-        "  server verifier        {:8.1} MB/s of zstd bytes (its busy time, from /metrics)",
+        "  server verifier        {:8.1} MB/s of uploaded bytes (its busy time, from /metrics)",
         r.verify_mbps
     );
-    println!(
-        "  client zstd -3, 1 thread {:6.1} MB/s of NAR (done before the push, not timed)",
-        mbps(n.nar_size, n.zstd_time)
-    );
+    if !r.plain {
+        println!(
+            "  client zstd -3, 1 thread {:6.1} MB/s of NAR (done before the push, not timed)",
+            mbps(n.nar_size, n.zstd_time)
+        );
+    }
 }
 
 fn size_name(mib: u64) -> String {
@@ -135,6 +169,15 @@ fn main() {
         })
         .collect();
     let jobs: usize = support::env_num("FERRY_BENCH_JOBS", 4);
+    let plains: Vec<bool> = std::env::var("FERRY_BENCH_COMPRESSION")
+        .unwrap_or_else(|_| "zstd,none".into())
+        .split(',')
+        .filter_map(|c| match c.trim() {
+            "zstd" => Some(false),
+            "none" => Some(true),
+            _ => None,
+        })
+        .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "ingest through nginx (client_max_body_size 100m) into ferry serve, loopback, \
@@ -154,12 +197,19 @@ fn main() {
         let mut peaks = vec![];
         for mib in all {
             seed += 1;
-            let r = ingest(&rt, kind, mib, jobs, seed);
-            if sizes.contains(&mib) {
+            let r = ingest(&rt, kind, mib, jobs, seed, false);
+            if sizes.contains(&mib) && plains.contains(&false) {
                 report(kind, mib, &r);
             }
             let parts = r.nar.zst_size.div_ceil(support::api::PART as u64);
             peaks.push((mib, r.rss_mib, parts));
+        }
+        // Plain NARs (as curl scripts and tus clients send them), at the
+        // smallest size asked.
+        if plains.contains(&true) {
+            let mib = sizes.iter().copied().min().unwrap_or(1024);
+            seed += 1;
+            report(kind, mib, &ingest(&rt, kind, mib, jobs, seed, true));
         }
         rss.push((kind, peaks));
     }

@@ -80,12 +80,25 @@ impl Api {
         nar_hash: &str,
         nar_size: u64,
     ) -> Option<String> {
+        self.create_upload_as(cache, store_path, nar_hash, nar_size, "zstd")
+            .await
+    }
+
+    /// [`Api::create_upload`] of bytes in `compression`.
+    pub async fn create_upload_as(
+        &self,
+        cache: &str,
+        store_path: &str,
+        nar_hash: &str,
+        nar_size: u64,
+        compression: &str,
+    ) -> Option<String> {
         let req = self
             .client
             .post(format!("{}/_api/v1/caches/{cache}/uploads", self.base))
             .json(&json!({
                 "store_path": store_path, "nar_hash": nar_hash,
-                "nar_size": nar_size, "compression": "zstd", "references": []
+                "nar_size": nar_size, "compression": compression, "references": []
             }));
         let (status, body) = self.send(req, "create upload").await;
         let v = Api::json(&body);
@@ -134,6 +147,24 @@ impl Api {
         store_path: &str,
         nar: &super::nar::Made,
         jobs: usize,
+        part: F,
+    ) -> Pushed
+    where
+        F: FnMut(usize) -> Vec<u8>,
+    {
+        self.push_as(cache, store_path, nar, jobs, "zstd", part)
+            .await
+    }
+
+    /// [`Api::push`] of bytes in `compression` (`zstd`: `nar.zst_size`
+    /// bytes; `none`: `nar.nar_size`).
+    pub async fn push_as<F>(
+        &self,
+        cache: &str,
+        store_path: &str,
+        nar: &super::nar::Made,
+        jobs: usize,
+        compression: &str,
         mut part: F,
     ) -> Pushed
     where
@@ -141,7 +172,7 @@ impl Api {
     {
         let start = Instant::now();
         let Some(upload) = self
-            .create_upload(cache, store_path, &nar.nar_hash, nar.nar_size)
+            .create_upload_as(cache, store_path, &nar.nar_hash, nar.nar_size, compression)
             .await
         else {
             let t = start.elapsed();
@@ -151,7 +182,12 @@ impl Api {
                 linked: true,
             };
         };
-        let parts = (nar.zst_size as usize).div_ceil(PART).max(1);
+        let wire = if compression == "none" {
+            nar.nar_size
+        } else {
+            nar.zst_size
+        };
+        let parts = (wire as usize).div_ceil(PART).max(1);
         let permits = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..parts {

@@ -165,6 +165,15 @@ pub fn to_file(path: &Path, kind: Kind, size: u64, seed: u64) -> Made {
     made
 }
 
+/// The NAR of the zstd file `zst` written plainly to `out` (what curl
+/// scripts and tus clients send with `compression: none`).
+pub fn decompress_file(zst: &Path, out: &Path) {
+    let mut dec = zstd::stream::read::Decoder::new(std::fs::File::open(zst).expect("open nar"))
+        .expect("zstd");
+    let mut file = std::fs::File::create(out).expect("create nar");
+    std::io::copy(&mut dec, &mut file).expect("decompress nar");
+}
+
 /// The zstd-compressed NAR in memory (for small NARs).
 pub fn to_vec(kind: Kind, size: u64, seed: u64) -> (Made, Vec<u8>) {
     let (mut made, bytes) = make(Vec::new(), kind, size, seed);

@@ -25,8 +25,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -34,6 +32,8 @@ use crate::db::chunks::{Entry, Source};
 use crate::error::{Error, Result};
 use crate::nar::Sha256Hash;
 use crate::store::SharedStore;
+
+use super::pool::Pool;
 
 /// The largest chunk a manifest may declare.
 pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
@@ -89,59 +89,27 @@ struct Job {
     reply: SyncSender<Vec<Decoded>>,
 }
 
-/// Threads decoding frames.
-struct Pool {
-    jobs: Option<SyncSender<Job>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Pool {
-    fn start(n: usize) -> Result<Pool> {
-        let (tx, rx) = sync_channel::<Job>(n);
-        let rx = Arc::new(Mutex::new(rx));
-        let mut threads = vec![];
-        for _ in 0..n {
-            let rx = rx.clone();
-            let t = std::thread::Builder::new()
-                .name("ferry-frames".into())
-                .spawn(move || {
-                    let Ok(mut dctx) = zstd::bulk::Decompressor::new() else {
-                        return;
+/// Threads decoding frames, each with its own zstd context.
+fn decoders(n: usize) -> Result<Pool<Job>> {
+    Pool::start(
+        "ferry-frames",
+        n,
+        zstd::bulk::Decompressor::new,
+        |dctx: &mut std::io::Result<zstd::bulk::Decompressor<'static>>, job: Job| {
+            let out = job
+                .frames
+                .into_iter()
+                .map(|(frame, size, blake3)| {
+                    let data = match dctx {
+                        Ok(d) => decode(d, &frame, size, &blake3),
+                        Err(e) => Err(format!("cannot start zstd ({e})")),
                     };
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        let out = job
-                            .frames
-                            .into_iter()
-                            .map(|(frame, size, blake3)| {
-                                let data = decode(&mut dctx, &frame, size, &blake3);
-                                (frame, data)
-                            })
-                            .collect();
-                        let _ = job.reply.send(out);
-                    }
+                    (frame, data)
                 })
-                .map_err(Error::internal)?;
-            threads.push(t);
-        }
-        Ok(Pool {
-            jobs: Some(tx),
-            threads,
-        })
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
+                .collect();
+            let _ = job.reply.send(out);
+        },
+    )
 }
 
 /// Decodes one frame into exactly `size` bytes whose blake3 is `blake3`.
@@ -208,7 +176,7 @@ pub struct ChunkedPipe {
     /// Where each chunk's first frame lies.
     first: HashMap<String, (Loc, u64, u64)>,
     store: SharedStore,
-    pool: Pool,
+    pool: Pool<Job>,
     /// Held frames read ahead (see [`ChunkedPipe::read_held_run`]), for
     /// the held entries at the front of `todo`.
     held: VecDeque<Vec<u8>>,
@@ -223,10 +191,7 @@ impl ChunkedPipe {
     /// A pipe reading held and repeated frames from `store` (and the
     /// upload's part files).
     pub fn new(store: SharedStore) -> Result<ChunkedPipe> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8);
+        let threads = super::pool::threads();
         Ok(ChunkedPipe {
             todo: VecDeque::new(),
             known: 0,
@@ -240,7 +205,7 @@ impl ChunkedPipe {
             file_size: 0,
             first: HashMap::new(),
             store,
-            pool: Pool::start(threads)?,
+            pool: decoders(threads)?,
             held: VecDeque::new(),
             batch: Batch::default(),
             inflight: VecDeque::new(),
@@ -352,12 +317,7 @@ impl ChunkedPipe {
             frames: batch.frames,
             reply,
         };
-        self.pool
-            .jobs
-            .as_ref()
-            .ok_or_else(|| Error::internal("frame pool gone"))?
-            .send(job)
-            .map_err(|_| Error::internal("frame pool stopped"))?;
+        self.pool.send(job)?;
         self.inflight.push_back(Flight {
             entries: batch.entries,
             decoded,

@@ -17,9 +17,11 @@
 //! file the server compresses when the client sent a plain NAR.
 
 mod chunked;
+mod compress;
 mod finish;
 mod fold;
 mod manifest;
+mod pool;
 mod receive;
 pub mod tus;
 pub mod verifier;

@@ -5,8 +5,9 @@
 //! uploaded, then (for zstd uploads) through a zstd decoder, into a sink
 //! that hashes the NAR, counts its bytes, checks its structure and builds
 //! its `.ls` listing (memory in proportion to its entries). For
-//! plain NAR uploads the same sink also feeds a zstd encoder writing the
-//! file that will be stored. Everything here is blocking: it runs on the
+//! plain NAR uploads the same sink also feeds the zstd frames of the file
+//! that will be stored (compressed on several threads, see
+//! [`super::compress`]). Everything here is blocking: it runs on the
 //! blocking pool. State lives in memory only; after a restart it is rebuilt
 //! by folding the parts on disk again from part 1.
 //!
@@ -101,8 +102,8 @@ struct NarSink {
     validator: NarValidator,
     /// The first structural error, kept because `Write` can only say "io error".
     error: Option<Error>,
-    /// For plain uploads: the zstd encoder of the stored file.
-    encoder: Option<zstd::stream::write::Encoder<'static, FileSink>>,
+    /// For plain uploads: the zstd frames of the stored file.
+    encoder: Option<super::compress::FrameWriter<FileSink>>,
 }
 
 impl NarSink {
@@ -408,11 +409,7 @@ impl Verifier {
                     blake: blake3::Hasher::new(),
                     bytes: 0,
                 };
-                let mut enc = zstd::stream::write::Encoder::new(file, zstd_level)?;
-                // Let the zstd frame header carry the size; decoders can
-                // then size buffers, and it costs nothing.
-                enc.set_pledged_src_size(Some(nar_size))?;
-                sink.encoder = Some(enc);
+                sink.encoder = Some(super::compress::FrameWriter::new(file, zstd_level)?);
                 let stage = NarStage::start(sink)?;
                 let pipeline = match compression {
                     Compression::Xz => Pipeline::Xz(xz2::write::XzDecoder::new(stage)),
@@ -492,8 +489,9 @@ impl Verifier {
 
     fn feed(&mut self, data: &[u8]) -> Result<()> {
         // A chunked upload's file is its frames in manifest order, which
-        // the pipe hashes itself.
-        if !matches!(self.pipeline, Pipeline::Chunked(..)) {
+        // the pipe hashes itself; a plain upload's is its NAR, which the
+        // NAR check hashes.
+        if !matches!(self.pipeline, Pipeline::Chunked(..) | Pipeline::Plain(..)) {
             self.file_sha.update(data);
         }
         self.file_bytes += data.len() as u64;
@@ -525,7 +523,8 @@ impl Verifier {
     /// Ends the stream and returns what was seen. Structure errors (a
     /// truncated NAR or zstd frame) are reported here.
     pub fn finish(self) -> Result<Verdict> {
-        let upload_hash = Sha256Hash(self.file_sha.finalize().into());
+        let plain = matches!(self.pipeline, Pipeline::Plain(..));
+        let mut upload_hash = Sha256Hash(self.file_sha.finalize().into());
         let mut chunked = None;
         let stage = match self.pipeline {
             Pipeline::Chunked(pipe, mut stage) => match pipe.finish(&mut stage) {
@@ -565,6 +564,9 @@ impl Verifier {
             });
         }
         let nar_hash = Sha256Hash(sink.sha.finalize().into());
+        if plain {
+            upload_hash = nar_hash;
+        }
         let listing = match sink
             .validator
             .finish_listing()

@@ -39,27 +39,29 @@ pub async fn missing(
             limit: body::MISSING_PATHS,
         });
     }
-    let mut parsed = Vec::with_capacity(body.store_paths.len());
+    let mut hashes = Vec::with_capacity(body.store_paths.len());
     for p in &body.store_paths {
-        parsed.push((
-            p.clone(),
+        hashes.push(
             StorePath::parse(p, &cache.store_dir)?
                 .hash_part()
                 .to_owned(),
-        ));
+        );
     }
-    let missing = state
+    let present = state
         .db
-        .call(move |c| {
-            let mut out = vec![];
-            for (p, hash) in parsed {
-                if !nars::has_path(c, cache.id, &hash)? {
-                    out.push(p);
-                }
-            }
-            Ok(out)
-        })
+        .lookup(move |c| nars::present(c, cache.id, &hashes))
         .await?;
+    let missing: Vec<String> = body
+        .store_paths
+        .into_iter()
+        .filter(|p| {
+            let hash = p
+                .rsplit('/')
+                .next()
+                .map_or("", |b| b.get(..32).unwrap_or(""));
+            !present.contains(hash)
+        })
+        .collect();
     Ok(json_no_store(StatusCode::OK, &MissingResponse { missing }))
 }
 
