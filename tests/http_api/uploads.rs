@@ -363,6 +363,35 @@ fn missing_lists_only_absent_paths() {
 }
 
 #[test]
+fn missing_answers_in_order_across_its_query_batches() {
+    let s = InProcess::start();
+    create_cache(&s, "c", false);
+    let present: Vec<Nar> = (0..4)
+        .map(|i| Nar::new(&format!("here-{i}"), 100))
+        .collect();
+    for n in &present {
+        push_ok(&s, "c", n);
+    }
+    // 1201 paths: present ones at the edges of the server's batches of
+    // 500, absent ones around them, one absent path twice.
+    let mut asked: Vec<String> = (0..1201)
+        .map(|i| store_path(&format!("gone-{i}")))
+        .collect();
+    for (n, at) in present.iter().zip([0, 499, 500, 1200]) {
+        asked[at] = n.path.clone();
+    }
+    asked[700] = asked[701].clone();
+    let body = json!({ "store_paths": asked });
+    let r = post_json(&s, "/_api/v1/caches/c/missing", Some(&s.admin_token), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let want: Vec<&String> = asked
+        .iter()
+        .filter(|p| !present.iter().any(|n| &n.path == *p))
+        .collect();
+    assert_eq!(r.json()["missing"], json!(want));
+}
+
+#[test]
 fn missing_with_a_bad_path_is_400() {
     let s = InProcess::start();
     create_cache(&s, "c", false);
