@@ -19,13 +19,14 @@
 //!
 //! Run: `cargo bench --bench ingest`. Knobs: `FERRY_BENCH_SIZES=1,4` (GiB,
 //! fractions allowed), `FERRY_BENCH_KINDS=random,text`,
-//! `FERRY_BENCH_COMPRESSION=zstd,none`,
+//! `FERRY_BENCH_COMPRESSION=zstd,none`, `FERRY_BENCH_CURL=1` (zstd parts
+//! each sent by `curl -T`, 1 and `FERRY_BENCH_JOBS` at a time),
 //! `FERRY_BENCH_JOBS=4`, `FERRY_BENCH_DIR` (default `target/tmp`),
 //! `FERRY_BENCH_PROXY=0` to push straight to ferry (to see nginx's share).
 
 mod support;
 
-use support::api::{Api, file_part};
+use support::api::{Api, file_part, split_parts};
 use support::nar::{self, Kind};
 use support::nginx::Nginx;
 use support::{Server, at_least, at_most, dd_fsync, mbps};
@@ -43,6 +44,8 @@ struct Ingest {
     verify_mbps: f64,
     /// Sent as a plain NAR (`compression: none`).
     plain: bool,
+    /// Parts sent by curl.
+    curl: bool,
 }
 
 fn ingest(
@@ -52,6 +55,7 @@ fn ingest(
     jobs: usize,
     seed: u64,
     plain: bool,
+    curl: bool,
 ) -> Ingest {
     let work = support::work_dir();
     let zst = work.path().join("nar.zst");
@@ -77,11 +81,15 @@ fn ingest(
     let (pushed, verify_mbps) = rt.block_on(async {
         api.create_cache("bench", false).await;
         let path = nar::store_path(seed, 0, "bench");
-        let pushed = api
-            .push_as("bench", &path, &made, jobs, compression, |n| {
+        let pushed = if curl {
+            let files = split_parts(&wire);
+            api.push_by_curl("bench", &path, &made, jobs, files).await
+        } else {
+            api.push_as("bench", &path, &made, jobs, compression, |n| {
                 file_part(&wire, n)
             })
-            .await;
+            .await
+        };
         assert!(!pushed.linked);
         let bytes = api.metric("ferry_verified_bytes_total").await;
         let secs = api.metric("ferry_verify_seconds_total").await;
@@ -100,15 +108,16 @@ fn ingest(
         verify_mbps,
         nar: made,
         plain,
+        curl,
     }
 }
 
 fn report(kind: Kind, mib: u64, r: &Ingest) {
     let n = &r.nar;
-    let (wire, what) = if r.plain {
-        (n.nar_size, "plain NAR")
-    } else {
-        (n.zst_size, "zstd")
+    let (wire, what) = match (r.plain, r.curl) {
+        (true, _) => (n.nar_size, "plain NAR"),
+        (false, true) => (n.zst_size, "zstd parts by curl"),
+        (false, false) => (n.zst_size, "zstd"),
     };
     let wire_rate = wire as f64 / 1e6 / r.secs;
     let nar_rate = n.nar_size as f64 / 1e6 / r.secs;
@@ -178,6 +187,7 @@ fn main() {
             _ => None,
         })
         .collect();
+    let curls = support::env_num("FERRY_BENCH_CURL", 1) == 1;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "ingest through nginx (client_max_body_size 100m) into ferry serve, loopback, \
@@ -197,7 +207,7 @@ fn main() {
         let mut peaks = vec![];
         for mib in all {
             seed += 1;
-            let r = ingest(&rt, kind, mib, jobs, seed, false);
+            let r = ingest(&rt, kind, mib, jobs, seed, false, false);
             if sizes.contains(&mib) && plains.contains(&false) {
                 report(kind, mib, &r);
             }
@@ -209,7 +219,17 @@ fn main() {
         if plains.contains(&true) {
             let mib = sizes.iter().copied().min().unwrap_or(1024);
             seed += 1;
-            report(kind, mib, &ingest(&rt, kind, mib, jobs, seed, true));
+            report(kind, mib, &ingest(&rt, kind, mib, jobs, seed, true, false));
+        }
+        // zstd parts each sent by curl (a shell script's push), 1 and
+        // `jobs` in flight, at the smallest size.
+        if curls {
+            let mib = sizes.iter().copied().min().unwrap_or(1024);
+            for j in [1, jobs] {
+                seed += 1;
+                println!("  ({j} curl at a time)");
+                report(kind, mib, &ingest(&rt, kind, mib, j, seed, false, true));
+            }
         }
         rss.push((kind, peaks));
     }

@@ -211,6 +211,58 @@ impl Api {
         }
     }
 
+    /// [`Api::push_as`] of zstd parts held in `files`, each sent by its own
+    /// `curl -T` (as a shell script pushes), `jobs` at a time.
+    pub async fn push_by_curl(
+        &self,
+        cache: &str,
+        store_path: &str,
+        nar: &super::nar::Made,
+        jobs: usize,
+        files: Vec<std::path::PathBuf>,
+    ) -> Pushed {
+        let start = Instant::now();
+        let upload = self
+            .create_upload_as(cache, store_path, &nar.nar_hash, nar.nar_size, "zstd")
+            .await
+            .expect("a fresh NAR");
+        let parts = files.len();
+        let permits = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (n, file) in files.into_iter().enumerate() {
+            let permit = permits.clone().acquire_owned().await.expect("permit");
+            let (auth, url) = (
+                format!("Authorization: {}", self.auth),
+                format!("{upload}/parts/{}", n + 1),
+            );
+            tasks.spawn_blocking(move || {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "-f", "-o", "/dev/null", "-H", &auth, "-T"])
+                    .arg(&file)
+                    .arg(&url)
+                    .output()
+                    .expect("curl (install it: .ci/run)");
+                assert!(
+                    out.status.success(),
+                    "curl part {}: {}",
+                    n + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                drop(permit);
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("curl task");
+        }
+        let last_part = Instant::now();
+        self.complete(&upload, parts).await;
+        Pushed {
+            total: start.elapsed(),
+            commit: last_part.elapsed(),
+            linked: false,
+        }
+    }
+
     /// `POST /_api/v1/caches/{cache}/missing`.
     pub async fn missing(&self, cache: &str, paths: &[String]) -> Vec<String> {
         let req = self
@@ -256,6 +308,18 @@ impl Api {
 }
 
 /// Reads part `n` (`PART` bytes at most) of the file at `path`.
+/// Splits `path` into files of [`PART`] bytes beside it.
+pub fn split_parts(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let len = std::fs::metadata(path).expect("nar").len() as usize;
+    (0..len.div_ceil(PART).max(1))
+        .map(|n| {
+            let out = path.with_extension(format!("part{}", n + 1));
+            std::fs::write(&out, file_part(path, n)).expect("write part");
+            out
+        })
+        .collect()
+}
+
 pub fn file_part(path: &std::path::Path, n: usize) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).expect("open");
