@@ -18,7 +18,7 @@ use super::parts::{ZSTD_LEVEL, dump, dump_succeeded};
 use super::pathinfo::PathInfo;
 use super::push_path::{Ctx, Outcome, Settled, poll_until_settled};
 use super::{ClientError, Result};
-use crate::api::{BATCH_SIZE_FIELD, BatchResult, CreateUpload};
+use crate::api::{BATCH_SIZE_FIELD, BatchResult};
 
 /// Paths whose NarSize is at most this go in batches.
 pub const SMALL_NAR: u64 = 1 << 20;
@@ -55,17 +55,8 @@ pub fn body(infos: &[PathInfo], threads: usize) -> Result<Vec<u8>> {
         let frame = frames
             .next()
             .ok_or_else(|| ClientError::Nix("a NAR dump went missing".into()))?;
-        let mut header = serde_json::to_value(CreateUpload {
-            store_path: info.path.clone(),
-            nar_hash: info.nar_hash.clone().unwrap_or_default(),
-            nar_size: info.nar_size,
-            references: info.references.clone(),
-            deriver: info.deriver.clone(),
-            ca: info.ca.clone(),
-            sigs: info.signatures.clone(),
-            compression: Some("zstd".into()),
-        })
-        .map_err(|e| ClientError::Config(format!("cannot encode a batch record: {e}")))?;
+        let mut header = serde_json::to_value(info.create_request("zstd"))
+            .map_err(|e| ClientError::Config(format!("cannot encode a batch record: {e}")))?;
         if let Some(map) = header.as_object_mut() {
             map.insert(BATCH_SIZE_FIELD.into(), frame.len().into());
         }

@@ -32,6 +32,20 @@ pub struct PathInfo {
 }
 
 impl PathInfo {
+    /// The create-upload request for this path, its bytes in `compression`.
+    pub fn create_request(&self, compression: &str) -> crate::api::CreateUpload {
+        crate::api::CreateUpload {
+            store_path: self.path.clone(),
+            nar_hash: self.nar_hash.clone().unwrap_or_default(),
+            nar_size: self.nar_size,
+            references: self.references.clone(),
+            deriver: self.deriver.clone(),
+            ca: self.ca.clone(),
+            sigs: self.signatures.clone(),
+            compression: Some(compression.into()),
+        }
+    }
+
     /// Whether one of the signatures is made with a key named in `keys`
     /// (names only: `cache.nixos.org-1`, or full `name:base64` entries).
     pub fn signed_by_any(&self, keys: &[String]) -> bool {

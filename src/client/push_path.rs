@@ -219,16 +219,7 @@ async fn prepare(ctx: &Ctx, info: &PathInfo) -> Result<Prepared> {
         }
         ctx.state.forget(&info.path)?;
     }
-    let req = CreateUpload {
-        store_path: info.path.clone(),
-        nar_hash: info.nar_hash.clone().unwrap_or_default(),
-        nar_size: info.nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        ca: info.ca.clone(),
-        sigs: info.signatures.clone(),
-        compression: Some(if ctx.chunking { "chunked" } else { "zstd" }.into()),
-    };
+    let req = info.create_request(if ctx.chunking { "chunked" } else { "zstd" });
     let mut chunked = ctx.chunking;
     let created = match ctx.api.create_upload(&ctx.cache, &req).await {
         // A server from before chunked uploads: send the NAR whole.

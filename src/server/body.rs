@@ -27,12 +27,9 @@ pub const CHUNKS_LIMIT: u64 = (crate::upload::MAX_CHUNK_BATCH as u64) * 128 + 40
 /// (`/nix/store/` + 32 + `-` + 211), quoted and comma-separated.
 pub const MISSING_LIMIT: u64 = (MISSING_PATHS as u64) * 260 + 4096;
 
-/// Reads `payload` (at most `limit` bytes) and parses it as JSON.
-pub async fn json<T: DeserializeOwned>(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: u64,
-) -> Result<T> {
+/// The request's `Content-Length`, if it gives one; `BodyTooLarge` when
+/// it is over `limit` (refused before reading a byte).
+pub fn declared_within(req: &HttpRequest, limit: u64) -> Result<Option<u64>> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -41,6 +38,16 @@ pub async fn json<T: DeserializeOwned>(
     if let Some(size) = declared.filter(|s| *s > limit) {
         return Err(Error::BodyTooLarge { size, limit });
     }
+    Ok(declared)
+}
+
+/// Reads `payload` (at most `limit` bytes) and parses it as JSON.
+pub async fn json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<T> {
+    let declared = declared_within(req, limit)?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -45,14 +45,7 @@ pub async fn batch(
     let cache = access::cache(&state, &req, &path, Operation::Push).await?;
     let max_part = state.engine.config().max_part_size;
     let limit = max_part + SLACK;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|s| *s > limit) {
-        return Err(Error::BodyTooLarge { size, limit });
-    }
+    body::declared_within(&req, limit)?;
     let may_read = access::pull_check(&state, &req);
     let owner = access::owner_of(&req);
     let mut records = Records {
