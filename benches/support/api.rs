@@ -199,11 +199,22 @@ impl Api {
                 drop(permit);
             });
         }
+        self.settle(tasks, &upload, parts, start).await
+    }
+
+    /// Waits for the part tasks, completes the upload and times it all.
+    async fn settle(
+        &self,
+        mut tasks: tokio::task::JoinSet<()>,
+        upload: &str,
+        parts: usize,
+        start: Instant,
+    ) -> Pushed {
         while let Some(r) = tasks.join_next().await {
             r.expect("part task");
         }
         let last_part = Instant::now();
-        self.complete(&upload, parts).await;
+        self.complete(upload, parts).await;
         Pushed {
             total: start.elapsed(),
             commit: last_part.elapsed(),
@@ -251,16 +262,7 @@ impl Api {
                 drop(permit);
             });
         }
-        while let Some(r) = tasks.join_next().await {
-            r.expect("curl task");
-        }
-        let last_part = Instant::now();
-        self.complete(&upload, parts).await;
-        Pushed {
-            total: start.elapsed(),
-            commit: last_part.elapsed(),
-            linked: false,
-        }
+        self.settle(tasks, &upload, parts, start).await
     }
 
     /// `POST /_api/v1/caches/{cache}/missing`.
