@@ -3,8 +3,8 @@
 //! The server's data dir is a small tmpfs the test mounts itself (tests
 //! and CI run as root), filled to the last byte by a filler file. Each door
 //! meets the full disk where it writes: the parts API receiving a part,
-//! the server compressing a plain upload at `complete`, a tus PATCH, and
-//! `ferry push` against a full server. Every time the answer is 507
+//! the server compressing a plain upload at `complete`, a tus PATCH, a
+//! batch of small NARs, and `ferry push` against a full server. Every time the answer is 507
 //! `insufficient_storage` with `Retry-After`, the upload stays open with
 //! every acknowledged part, the server stays up, and once the filler is
 //! gone the same upload (not a new one) completes. Nix then reads the
@@ -179,6 +179,50 @@ fn a_plain_upload_compressed_on_a_full_disk_stays_open_and_completes_later() {
     let r = complete(&s, &id, parts.len());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_served(&s, &nar);
+}
+
+#[test]
+fn a_batch_on_a_full_disk_is_507_and_the_same_batch_publishes_later() {
+    let disk = SmallDisk::mount(48);
+    let s = server_on(&disk);
+    let nars: Vec<Nar> = (0..3)
+        .map(|i| Nar::new(&format!("full-batch-{i}"), 40_000 + i))
+        .collect();
+    let mut body = vec![];
+    for n in &nars {
+        let zst = zstd::encode_all(&n.bytes[..], 3).unwrap();
+        let header = json!({"store_path": n.path, "nar_hash": n.hash.to_string(),
+            "nar_size": n.bytes.len(), "compression": "zstd", "size": zst.len()});
+        body.extend(format!("{header}\n").into_bytes());
+        body.extend(zst);
+    }
+    let filler = disk.fill();
+    let r = call(
+        &s,
+        "POST",
+        "/_api/v1/caches/c/batch",
+        Body::Bytes(body.clone()),
+    );
+    assert_full(&s, &r, "batch");
+    for n in &nars {
+        let ni = call(
+            &s,
+            "GET",
+            &format!("/c/{}.narinfo", n.hash_part()),
+            Body::None,
+        );
+        assert_eq!(ni.status, 404, "nothing is half-published: {}", ni.text());
+    }
+    std::fs::remove_file(filler).unwrap();
+    let r = call(&s, "POST", "/_api/v1/caches/c/batch", Body::Bytes(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (res, n) in r.json()["results"].as_array().unwrap().iter().zip(&nars) {
+        assert_eq!(res["state"], "committed", "{res}");
+        assert_served(&s, n);
+    }
+    // The upload the fault stopped was removed, not left open.
+    let open = call(&s, "GET", "/_api/v1/caches/c/uploads", Body::None).json();
+    assert_eq!(open["uploads"], json!([]), "{open}");
 }
 
 #[test]
