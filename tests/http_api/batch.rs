@@ -175,6 +175,20 @@ fn a_broken_batch_body_gets_a_clear_error() {
     );
     assert_eq!(res[1]["state"], "committed");
 
+    // Chunked uploads need their manifest: not in a batch.
+    let c = Nar::new("frame-c", 700);
+    let res = results(&batch(&s, "c", tok, record(&c, "chunked", &[], &c.zst())));
+    assert_eq!(res[0]["state"], "failed");
+    assert_eq!(res[0]["error"]["error"], "bad_request");
+    assert!(
+        res[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("zstd"),
+        "{}",
+        res[0]
+    );
+
     // An empty body is an empty batch.
     assert_eq!(results(&batch(&s, "c", tok, vec![])).len(), 0);
 }

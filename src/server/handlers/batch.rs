@@ -79,6 +79,11 @@ pub async fn batch(
                 // A path whose reference failed in this batch is not
                 // published: a substituter must never see a path without
                 // its references.
+                if body.compression.as_deref() == Some("chunked") {
+                    return Err(Error::BadRequest(
+                        "a batch record carries its whole NAR: use compression \"none\" or \"zstd\" (chunked uploads go through the parts API)".into(),
+                    ));
+                }
                 match body.references.iter().find(|r| failed.contains(*r)) {
                     Some(r) => Err(Error::ReferenceNotPublished(r.clone())),
                     None => new_upload(&cache, body, owner.clone()),
