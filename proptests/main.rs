@@ -1,7 +1,9 @@
-//! Property tests (one test target): Nix formats, tokens, the upload engine
+//! Property tests (one test target): Nix formats, tokens, the upload engine,
+//! the batch body framing
 //! and the client's NAR chunks.
 
 mod auth;
+mod batch;
 mod chunk;
 mod nar;
 mod upload;

@@ -5,6 +5,7 @@
 //! answer. Every error goes through `error.rs`.
 
 pub mod access;
+pub mod batch_body;
 pub mod body;
 pub mod error;
 mod handlers;

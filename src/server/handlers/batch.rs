@@ -12,20 +12,22 @@
 //! stops the request with its status, and the paths published before it
 //! stay published (sending the batch again finds them committed).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::json_no_store;
 use super::uploads::new_upload;
-use crate::api::{BATCH_SIZE_FIELD, BatchResponse, BatchResult, CreateUpload, MAX_BATCH_PATHS};
+use crate::api::{BatchResponse, BatchResult, CreateUpload, MAX_BATCH_PATHS};
 use crate::auth::Operation;
+use crate::db::caches::CacheRow;
 use crate::error::{Error, Result};
+use crate::server::batch_body::Framing;
 use crate::server::{AppState, access, body, error::status_of};
-use crate::upload::Whole;
+use crate::upload::{NewUpload, Whole};
 
 /// Header lines on top of the NAR bytes a body may carry.
 const SLACK: u64 = 8 << 20;
@@ -39,7 +41,7 @@ pub async fn batch(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    payload: web::Payload,
+    mut payload: web::Payload,
 ) -> Result<HttpResponse> {
     let started = Instant::now();
     let cache = access::cache(&state, &req, &path, Operation::Push).await?;
@@ -48,15 +50,35 @@ pub async fn batch(
     body::declared_within(&req, limit)?;
     let may_read = access::pull_check(&state, &req);
     let owner = access::owner_of(&req);
-    let mut records = Records {
-        payload,
-        buf: BytesMut::new(),
-        read: 0,
-        limit,
-    };
+    let mut framing = Framing::new(body::JSON_LIMIT as usize, max_part);
+    let mut read = 0u64;
+    let mut ended = false;
     let mut results: Vec<BatchResult> = vec![];
-    let mut failed = std::collections::HashSet::new();
-    while let Some((header, bytes)) = records.next(results.len() + 1, max_part).await? {
+    let mut failed = HashSet::new();
+    loop {
+        let Some((header, bytes)) = framing.next()? else {
+            if ended {
+                framing.finish()?;
+                break;
+            }
+            match payload.next().await {
+                None => ended = true,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "a batch body broke off");
+                    return Err(Error::BadRequest(
+                        "the request body broke off: send the batch again".into(),
+                    ));
+                }
+                Some(Ok(chunk)) => {
+                    read += chunk.len() as u64;
+                    if read > limit {
+                        return Err(Error::BodyTooLarge { size: read, limit });
+                    }
+                    framing.push(&chunk);
+                }
+            }
+            continue;
+        };
         if results.len() == MAX_BATCH_PATHS {
             return Err(Error::TooManyPaths {
                 count: MAX_BATCH_PATHS + 1,
@@ -73,22 +95,7 @@ pub async fn batch(
             .config()
             .complete_wait
             .min(BUDGET.saturating_sub(started.elapsed()));
-        let outcome = match serde_json::from_value::<CreateUpload>(header.into())
-            .map_err(|e| Error::BadRequest(format!("record {}: {e}", results.len() + 1)))
-            .and_then(|body| {
-                // A path whose reference failed in this batch is not
-                // published: a substituter must never see a path without
-                // its references.
-                if body.compression.as_deref() == Some("chunked") {
-                    return Err(Error::BadRequest(
-                        "a batch record carries its whole NAR: use compression \"none\" or \"zstd\" (chunked uploads go through the parts API)".into(),
-                    ));
-                }
-                match body.references.iter().find(|r| failed.contains(*r)) {
-                    Some(r) => Err(Error::ReferenceNotPublished(r.clone())),
-                    None => new_upload(&cache, body, owner.clone()),
-                }
-            }) {
+        let outcome = match record_upload(&cache, header, results.len() + 1, &failed, &owner) {
             Ok(new) => {
                 state
                     .engine
@@ -107,6 +114,29 @@ pub async fn batch(
         results.push(result);
     }
     Ok(json_no_store(StatusCode::OK, &BatchResponse { results }))
+}
+
+/// Record `k`'s header as an upload, checked like a create request.
+fn record_upload(
+    cache: &CacheRow,
+    header: serde_json::Map<String, serde_json::Value>,
+    k: usize,
+    failed: &HashSet<String>,
+    owner: &Option<String>,
+) -> Result<NewUpload> {
+    let body: CreateUpload = serde_json::from_value(header.into())
+        .map_err(|e| Error::BadRequest(format!("record {k}: {e}")))?;
+    if body.compression.as_deref() == Some("chunked") {
+        return Err(Error::BadRequest(
+            "a batch record carries its whole NAR: use compression \"none\" or \"zstd\" (chunked uploads go through the parts API)".into(),
+        ));
+    }
+    // A path whose reference failed in this batch is not published: a
+    // substituter must never see a path without its references.
+    if let Some(r) = body.references.iter().find(|r| failed.contains(*r)) {
+        return Err(Error::ReferenceNotPublished(r.clone()));
+    }
+    new_upload(cache, body, owner.clone())
 }
 
 /// One record's answer.
@@ -136,104 +166,4 @@ fn result_of(state: &AppState, store_path: String, outcome: Result<Whole>) -> Ba
         }
     }
     r
-}
-
-/// The records of a batch body, read as they are needed.
-struct Records {
-    payload: web::Payload,
-    buf: BytesMut,
-    read: u64,
-    limit: u64,
-}
-
-impl Records {
-    /// Reads more of the body; `false` at its end.
-    async fn fill(&mut self) -> Result<bool> {
-        match self.payload.next().await {
-            None => Ok(false),
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "a batch body broke off");
-                Err(Error::BadRequest(
-                    "the request body broke off: send the batch again".into(),
-                ))
-            }
-            Some(Ok(chunk)) => {
-                self.read += chunk.len() as u64;
-                if self.read > self.limit {
-                    return Err(Error::BodyTooLarge {
-                        size: self.read,
-                        limit: self.limit,
-                    });
-                }
-                self.buf.extend_from_slice(&chunk);
-                Ok(true)
-            }
-        }
-    }
-
-    /// Record `k` (from 1): its header (without `size`) and its bytes;
-    /// `None` at the end of the body. Blank lines between records are
-    /// skipped.
-    async fn next(
-        &mut self,
-        k: usize,
-        max_part: u64,
-    ) -> Result<Option<(serde_json::Map<String, serde_json::Value>, Bytes)>> {
-        let end = loop {
-            let blank = self
-                .buf
-                .iter()
-                .take_while(|b| matches!(b, b'\n' | b'\r'))
-                .count();
-            let _ = self.buf.split_to(blank);
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                break i;
-            }
-            if self.buf.len() as u64 > body::JSON_LIMIT {
-                return Err(Error::BadRequest(format!(
-                    "record {k}: its header line runs past {} bytes without a newline",
-                    body::JSON_LIMIT
-                )));
-            }
-            if !self.fill().await? {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(Error::BadRequest(format!(
-                    "record {k}: the body ends inside its header line"
-                )));
-            }
-        };
-        let line = self.buf.split_to(end + 1);
-        let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&line)
-            .map_err(|e| {
-                Error::BadRequest(format!(
-                    "record {k}: its header line is not a JSON object ({e})"
-                ))
-            })?;
-        let size = header
-            .remove(BATCH_SIZE_FIELD)
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "record {k}: its header line has no \"size\" (the number of NAR bytes after the line)"
-                ))
-            })?;
-        if size > max_part {
-            return Err(Error::PartTooLarge {
-                size,
-                limit: max_part,
-            });
-        }
-        while (self.buf.len() as u64) < size {
-            if !self.fill().await? {
-                return Err(Error::BadRequest(format!(
-                    "record {k}: the body ends after {} of its {size} bytes",
-                    self.buf.len()
-                )));
-            }
-        }
-        let bytes = self.buf.split_to(size as usize).freeze();
-        Ok(Some((header, bytes)))
-    }
 }
