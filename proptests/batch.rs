@@ -48,7 +48,7 @@ fn frame(body: &[u8], cuts: &[usize]) -> (Vec<Record>, ferry::error::Result<()>)
     for p in points {
         f.push(&body[at..p]);
         at = p;
-        while let Some(r) = f.next().expect("well-formed records") {
+        while let Some(r) = f.next_record().expect("well-formed records") {
             got.push(r);
         }
     }

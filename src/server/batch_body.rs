@@ -42,7 +42,7 @@ impl Framing {
     }
 
     /// The next record, once its bytes are all in; `None` until then.
-    pub fn next(&mut self) -> Result<Option<Record>> {
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
         if self.header.is_none() {
             let blank = self
                 .buf

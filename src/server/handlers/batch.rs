@@ -56,7 +56,7 @@ pub async fn batch(
     let mut results: Vec<BatchResult> = vec![];
     let mut failed = HashSet::new();
     loop {
-        let Some((header, bytes)) = framing.next()? else {
+        let Some((header, bytes)) = framing.next_record()? else {
             if ended {
                 framing.finish()?;
                 break;
