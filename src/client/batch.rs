@@ -10,13 +10,16 @@
 //! resume state), and is re-sent by the usual retries: paths it already
 //! published answer "committed".
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use indicatif::ProgressBar;
 
 use bytes::Bytes;
 
 use super::parts::{ZSTD_LEVEL, dump, dump_succeeded};
 use super::pathinfo::PathInfo;
-use super::push_path::{Ctx, Outcome, Settled, poll_until_settled};
+use super::push_path::{Ctx, Outcome, Settled, poll_until_settled, push_one, wait_for_paths};
 use super::{ClientError, Result};
 use crate::api::{BATCH_SIZE_FIELD, BatchResult};
 
@@ -45,16 +48,9 @@ pub fn body(infos: &[PathInfo], threads: usize) -> Result<Vec<u8>> {
             })
             .collect()
     });
+    let frames = frames.into_iter().collect::<Result<Vec<_>>>()?;
     let mut out = vec![];
-    let mut frames = frames
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten();
-    for info in infos {
-        let frame = frames
-            .next()
-            .ok_or_else(|| ClientError::Nix("a NAR dump went missing".into()))?;
+    for (info, frame) in infos.iter().zip(frames.into_iter().flatten()) {
         let mut header = serde_json::to_value(info.create_request("zstd"))
             .map_err(|e| ClientError::Config(format!("cannot encode a batch record: {e}")))?;
         if let Some(map) = header.as_object_mut() {
@@ -95,12 +91,74 @@ fn nix_dump(info: &PathInfo) -> Result<Vec<u8>> {
     Ok(nar)
 }
 
-/// Sends `infos` as one batch. `None` when the server has no batch door
-/// (a server from before it): push the paths one by one.
-pub(crate) async fn send(
+/// Pushes `infos` (small paths in topological order) as one batch, after
+/// the references pushed outside it; one by one when the server has no
+/// batch door. The outcome of every path, by path.
+pub(crate) async fn push_batch(
     ctx: &Arc<Ctx>,
     infos: &[PathInfo],
-) -> Result<Option<Vec<Result<Outcome>>>> {
+    bar: &ProgressBar,
+) -> HashMap<String, Result<Outcome>> {
+    let inside: HashSet<&str> = infos.iter().map(|i| i.path.as_str()).collect();
+    // Paths whose references outside the batch failed stay out, and so do
+    // the paths of the batch that refer to them.
+    let mut out: HashMap<String, Result<Outcome>> = HashMap::new();
+    for info in infos {
+        let inner = info
+            .references
+            .iter()
+            .find(|r| *r != &info.path && out.contains_key(*r));
+        let why = match inner {
+            Some(r) => Some(ClientError::Push {
+                path: info.path.clone(),
+                message: format!("not published because its reference {r} failed to push"),
+            }),
+            None => wait_for_paths(ctx, info, |r| !inside.contains(r))
+                .await
+                .err(),
+        };
+        if let Some(e) = why {
+            out.insert(info.path.clone(), Err(e));
+        }
+    }
+    let go: Vec<PathInfo> = infos
+        .iter()
+        .filter(|i| !out.contains_key(&i.path))
+        .cloned()
+        .collect();
+    if go.is_empty() {
+        return out;
+    }
+    match send(ctx, &go).await {
+        Ok(Some(outcomes)) => {
+            ctx.progress.add_bytes(go.iter().map(|i| i.nar_size).sum());
+            out.extend(go.into_iter().map(|i| i.path).zip(outcomes));
+        }
+        // A server from before the batch door: one upload per path (which
+        // counts its own bytes).
+        Ok(None) => {
+            for i in go {
+                let path = i.path.clone();
+                out.insert(path, push_one(ctx.clone(), i, bar.clone()).await);
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for i in go {
+                let r = Err(ClientError::Push {
+                    path: i.path.clone(),
+                    message: message.clone(),
+                });
+                out.insert(i.path, r);
+            }
+        }
+    }
+    out
+}
+
+/// Sends `infos` as one batch. `None` when the server has no batch door
+/// (a server from before it): push the paths one by one.
+async fn send(ctx: &Arc<Ctx>, infos: &[PathInfo]) -> Result<Option<Vec<Result<Outcome>>>> {
     let owned = infos.to_vec();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let body = tokio::task::spawn_blocking(move || body(&owned, threads))

@@ -20,7 +20,7 @@ use super::batch;
 use super::http::Api;
 use super::pathinfo::{self, PathInfo};
 use super::progress::{Progress, Summary};
-use super::push_path::{Ctx, Outcome, push_one, wait_for_paths};
+use super::push_path::{Ctx, Outcome, push_one};
 use super::resume::StateFile;
 use super::{ClientError, Result};
 use crate::api::CacheInfo;
@@ -244,73 +244,15 @@ fn spawn_batch(
     let txs: Vec<_> = infos.iter().map(|i| senders.remove(&i.path)).collect();
     let ctx = ctx.clone();
     tasks.spawn(async move {
-        let inside: HashSet<String> = infos.iter().map(|i| i.path.clone()).collect();
         let nar_bytes = infos.iter().map(|i| i.nar_size).sum();
         let bar = ctx
             .progress
             .path_bar(&format!("{} small paths", infos.len()), nar_bytes);
-        // Paths whose references outside the batch failed stay out, and
-        // so do the paths of the batch that refer to them.
-        let mut blocked: HashMap<String, ClientError> = HashMap::new();
-        for info in &infos {
-            let inner = info
-                .references
-                .iter()
-                .find(|r| *r != &info.path && blocked.contains_key(*r));
-            let why = match inner {
-                Some(r) => Some(ClientError::Push {
-                    path: info.path.clone(),
-                    message: format!("not published because its reference {r} failed to push"),
-                }),
-                None => wait_for_paths(&ctx, info, |r| !inside.contains(r))
-                    .await
-                    .err(),
-            };
-            if let Some(e) = why {
-                blocked.insert(info.path.clone(), e);
-            }
-        }
-        let go: Vec<PathInfo> = infos
-            .iter()
-            .filter(|i| !blocked.contains_key(&i.path))
-            .cloned()
-            .collect();
-        let mut sent: HashMap<String, Result<Outcome>> = HashMap::new();
-        if !go.is_empty() {
-            match batch::send(&ctx, &go).await {
-                Ok(Some(outcomes)) => {
-                    for (i, r) in go.iter().zip(outcomes) {
-                        sent.insert(i.path.clone(), r);
-                    }
-                }
-                Ok(None) => {
-                    for i in go {
-                        let path = i.path.clone();
-                        let r = push_one(ctx.clone(), i, bar.clone()).await;
-                        sent.insert(path, r);
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for i in go {
-                        sent.insert(
-                            i.path.clone(),
-                            Err(ClientError::Push {
-                                path: i.path.clone(),
-                                message: message.clone(),
-                            }),
-                        );
-                    }
-                }
-            }
-        }
-        ctx.progress.add_bytes(nar_bytes);
+        let mut results = batch::push_batch(&ctx, &infos, &bar).await;
         let mut out = vec![];
         for (info, tx) in infos.iter().zip(txs) {
-            let r = blocked
+            let r = results
                 .remove(&info.path)
-                .map(Err)
-                .or_else(|| sent.remove(&info.path))
                 .unwrap_or_else(|| Err(ClientError::Nix(format!("{} was not pushed", info.path))));
             if let Some(tx) = tx {
                 let _ = tx.send(Some(r.is_ok()));

@@ -28,6 +28,14 @@ fn batch(s: &InProcess, cache: &str, token: Option<&str>, body: Vec<u8>) -> Http
     )
 }
 
+/// A record's result says it failed with `code`, its message naming `needle`.
+fn assert_refused(r: &Value, code: &str, needle: &str) {
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["error"]["error"], code, "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{r}");
+}
+
 fn results(r: &HttpResponse) -> Vec<Value> {
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["results"].as_array().unwrap().clone()
@@ -163,31 +171,13 @@ fn a_broken_batch_body_gets_a_clear_error() {
     body.extend_from_slice(&a.bytes);
     body.extend(record(&b, "none", &[], &b.bytes));
     let res = results(&batch(&s, "c", tok, body));
-    assert_eq!(res[0]["state"], "failed");
-    assert_eq!(res[0]["error"]["error"], "bad_request");
-    assert!(
-        res[0]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("colour"),
-        "{}",
-        res[0]
-    );
+    assert_refused(&res[0], "bad_request", "colour");
     assert_eq!(res[1]["state"], "committed");
 
     // Chunked uploads need their manifest: not in a batch.
     let c = Nar::new("frame-c", 700);
     let res = results(&batch(&s, "c", tok, record(&c, "chunked", &[], &c.zst())));
-    assert_eq!(res[0]["state"], "failed");
-    assert_eq!(res[0]["error"]["error"], "bad_request");
-    assert!(
-        res[0]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("zstd"),
-        "{}",
-        res[0]
-    );
+    assert_refused(&res[0], "bad_request", "zstd");
 
     // An empty body is an empty batch.
     assert_eq!(results(&batch(&s, "c", tok, vec![])).len(), 0);

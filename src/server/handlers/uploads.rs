@@ -47,9 +47,10 @@ pub async fn missing(
                 .to_owned(),
         );
     }
+    // Up to 100 000 paths: on the blocking pool, not an async worker.
     let present = state
         .db
-        .lookup(move |c| nars::present(c, cache.id, &hashes))
+        .call(move |c| nars::present(c, cache.id, &hashes))
         .await?;
     let missing: Vec<String> = body
         .store_paths
