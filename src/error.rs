@@ -148,6 +148,18 @@ impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Error::Internal(e.to_string())
     }
+
+    /// What went wrong underneath a fault, for the operator's log (the
+    /// OS or database wording): never sent to a client.
+    pub fn log_detail(&self) -> Option<&str> {
+        match self {
+            Error::Internal(d)
+            | Error::Unavailable(d)
+            | Error::InsufficientStorage(d)
+            | Error::Auth(AuthError::Internal(d)) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 impl Error {

@@ -43,7 +43,10 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
         let report = service::collector(&opened.state, &cfg)
             .run()
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| match e.log_detail() {
+                Some(detail) => anyhow::anyhow!("{e} ({detail})"),
+                None => anyhow::anyhow!("{e}"),
+            })?;
         println!("{}", serde_json::to_string(&report)?);
         Ok(())
     })
@@ -82,7 +85,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine
             .resume_verifying()
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| match e.log_detail() {
+                Some(detail) => anyhow::anyhow!("{e} ({detail})"),
+                None => anyhow::anyhow!("{e}"),
+            })?;
         let collector = std::sync::Arc::new(service::collector(&opened.state, &cfg));
         // Disk and database agree before anything is served.
         if let Err(e) = collector.reconcile().await {

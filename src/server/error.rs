@@ -82,16 +82,12 @@ impl ResponseError for Error {
 
     fn error_response(&self) -> HttpResponse {
         let status = status_of(self);
-        match self {
-            Error::Internal(detail)
-            | Error::Unavailable(detail)
-            | Error::InsufficientStorage(detail) => {
+        if let Some(detail) = self.log_detail() {
+            if matches!(self, Error::Auth(_)) {
+                tracing::error!(error = %detail, "authorization failed");
+            } else {
                 tracing::error!(error = %detail, "request failed");
             }
-            Error::Auth(AuthError::Internal(detail)) => {
-                tracing::error!(error = %detail, "authorization failed");
-            }
-            _ => {}
         }
         let mut res = HttpResponse::build(status);
         if matches!(self, Error::TusVersion) {

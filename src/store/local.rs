@@ -88,7 +88,9 @@ impl BlobStore for LocalStore {
             for b in subdirs(&a)? {
                 for entry in fs::read_dir(&b)? {
                     let entry = entry?;
-                    let meta = entry.metadata()?;
+                    let Some(meta) = super::listed_metadata(&entry)? else {
+                        continue;
+                    };
                     let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
                         continue;
                     };

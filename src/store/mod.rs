@@ -152,9 +152,41 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The metadata of an entry a directory listing gave, or `None` if it
+/// is gone by now: a server beside a sweep removes upload directories
+/// and blobs between the listing and the look.
+pub fn listed_metadata(entry: &std::fs::DirEntry) -> io::Result<Option<std::fs::Metadata>> {
+    match entry.metadata() {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_gone_after_the_listing_is_none_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kept"), b"k").unwrap();
+        std::fs::write(dir.path().join("gone"), b"g").unwrap();
+        let entries: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        std::fs::remove_file(dir.path().join("gone")).unwrap();
+        let mut seen: Vec<(String, bool)> = entries
+            .iter()
+            .map(|e| {
+                let name = e.file_name().into_string().unwrap();
+                (name, listed_metadata(e).unwrap().is_some())
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [("gone".into(), false), ("kept".into(), true)]);
+    }
 
     #[test]
     fn chain_reader_reads_any_window_across_blobs() {

@@ -581,12 +581,12 @@ impl Engine {
                 let is_upload = name
                     .to_str()
                     .is_some_and(|n| uuid::Uuid::try_parse(n).is_ok());
-                let old = entry
-                    .metadata()?
-                    .modified()?
-                    .elapsed()
-                    .is_ok_and(|age| age >= grace);
-                if is_upload && old && entry.file_type()?.is_dir() {
+                // Gone since the listing: the server finished with it.
+                let Some(meta) = crate::store::listed_metadata(&entry)? else {
+                    continue;
+                };
+                let old = meta.modified()?.elapsed().is_ok_and(|age| age >= grace);
+                if is_upload && old && meta.is_dir() {
                     out.push(entry.path());
                 }
             }
@@ -710,13 +710,14 @@ fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()
     };
     for entry in entries {
         let entry = entry?;
-        let old = entry
-            .metadata()?
-            .modified()?
-            .elapsed()
-            .is_ok_and(|e| e > age);
-        if old {
-            std::fs::remove_file(entry.path())?;
+        let Some(meta) = crate::store::listed_metadata(&entry)? else {
+            continue;
+        };
+        if meta.modified()?.elapsed().is_ok_and(|e| e > age) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())
