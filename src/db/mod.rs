@@ -168,7 +168,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Conn<'_>) -> Result<T> + Send + 'static,
     {
-        self.blocking(move |inner| inner.with_conn(false, f)).await
+        self.blocking(move |inner| inner.with_conn(None, f)).await
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>
@@ -196,8 +196,8 @@ impl Db {
         f: impl FnOnce(&Conn<'_>) -> Result<T> + Send,
     ) -> Result<T> {
         match self.inner.pool {
-            Pool::Sqlite { .. } => self.inner.with_conn(false, f),
-            Pool::Postgres { .. } => off_runtime(|| self.inner.with_conn(false, f)),
+            Pool::Sqlite { .. } => self.inner.with_conn(None, f),
+            Pool::Postgres { .. } => off_runtime(|| self.inner.with_conn(None, f)),
         }
     }
 
@@ -240,21 +240,48 @@ impl Db {
     /// Runs `f` inside a write transaction, committing on `Ok` and rolling
     /// back on `Err`, after the writers queued before it: one writer at a
     /// time (`BEGIN IMMEDIATE` on SQLite; on PostgreSQL the writer
-    /// advisory lock, across every instance sharing the database).
+    /// advisory lock, across every instance sharing the database). The
+    /// commit is on disk when this returns.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
     {
-        let _writer = self.inner.writer.lock().await;
-        self.blocking(move |inner| inner.with_conn(true, f)).await
+        self.write_as(Commit::Durable, f).await
     }
+
+    /// [`Db::write`], with the commit's durability chosen.
+    pub async fn write_as<T, F>(&self, commit: Commit, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let _writer = self.inner.writer.lock().await;
+        self.blocking(move |inner| inner.with_conn(Some(commit), f))
+            .await
+    }
+}
+
+/// When a write transaction's commit reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Before the write returns: what a client is told is done.
+    Durable,
+    /// Visible at once, on disk with the next durable commit (whose sync
+    /// covers the log before it: SQLite's WAL, PostgreSQL's WAL). For the
+    /// steps of a request whose answer waits on a later durable commit:
+    /// a crash may lose them, and the client then sends again.
+    Deferred,
 }
 
 impl Inner {
     /// Runs `f` on a pooled connection, inside a write transaction when
-    /// `write`.
-    fn with_conn<T>(&self, write: bool, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
+    /// `write` says how to commit.
+    fn with_conn<T>(
+        &self,
+        write: Option<Commit>,
+        f: impl FnOnce(&Conn<'_>) -> Result<T>,
+    ) -> Result<T> {
         match &self.pool {
             Pool::Sqlite { conns, path } => {
                 let conn = conns.lock().map_err(Error::internal)?.pop();
@@ -263,8 +290,8 @@ impl Inner {
                     // More blocking callers than pooled connections: open one more.
                     None => sqlite::open_conn(path)?,
                 };
-                let out = if write {
-                    sqlite_write(&mut conn, f)
+                let out = if let Some(commit) = write {
+                    sqlite_write(&mut conn, commit, f)
                 } else {
                     f(&Conn::sqlite(&conn))
                 };
@@ -284,8 +311,8 @@ impl Inner {
                     Some(c) => c,
                     None => PgClient::new(postgres::connect(cfg)?),
                 };
-                let (out, reusable) = if write {
-                    pg_write(&mut client, f)
+                let (out, reusable) = if let Some(commit) = write {
+                    pg_write(&mut client, commit, f)
                 } else {
                     (f(&Conn::postgres(&mut client)), true)
                 };
@@ -302,17 +329,42 @@ impl Inner {
     }
 }
 
-fn sqlite_write<T>(conn: &mut Connection, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> Result<T> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let out = f(&Conn::sqlite(&tx))?;
-    tx.commit()?;
-    Ok(out)
+fn sqlite_write<T>(
+    conn: &mut Connection,
+    commit: Commit,
+    f: impl FnOnce(&Conn<'_>) -> Result<T>,
+) -> Result<T> {
+    if commit == Commit::Deferred {
+        // In WAL mode, NORMAL commits without syncing the log; the next
+        // FULL commit syncs it, this one included.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    let run = |conn: &mut Connection| -> Result<T> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&Conn::sqlite(&tx))?;
+        tx.commit()?;
+        Ok(out)
+    };
+    let out = run(conn);
+    if commit == Commit::Deferred {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    out
 }
 
 /// A PostgreSQL write transaction; also says whether the client may go
 /// back to the pool (not when a failed transaction could not be ended).
-fn pg_write<T>(client: &mut PgClient, f: impl FnOnce(&Conn<'_>) -> Result<T>) -> (Result<T>, bool) {
-    if let Err(e) = client.client().batch_execute("BEGIN") {
+fn pg_write<T>(
+    client: &mut PgClient,
+    commit: Commit,
+    f: impl FnOnce(&Conn<'_>) -> Result<T>,
+) -> (Result<T>, bool) {
+    let begin = match commit {
+        Commit::Durable => "BEGIN",
+        // A later commit waits for the WAL up to itself, this one included.
+        Commit::Deferred => "BEGIN; SET LOCAL synchronous_commit = off",
+    };
+    if let Err(e) = client.client().batch_execute(begin) {
         return (Err(e.into()), false);
     }
     let out = client
@@ -390,6 +442,45 @@ mod tests {
         let write = db.lookup(|c| c.execute("DELETE FROM caches", &[])).await;
         assert!(write.is_err(), "a lookup connection must be read-only");
         assert_eq!(count(&db).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_write_is_seen_at_once_and_leaves_its_connection_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let insert = |name: &'static str| {
+            move |tx: &Tx<'_>| {
+                tx.execute(
+                    "INSERT INTO caches (name, signing_key, created_at) VALUES (?1, 'k', 0)",
+                    params![name],
+                )
+            }
+        };
+        db.write_as(Commit::Deferred, insert("a")).await.unwrap();
+        // A failing deferred write rolls back and restores the setting too.
+        let failed = db
+            .write_as(Commit::Deferred, |tx| {
+                tx.execute(
+                    "INSERT INTO caches (name, signing_key, created_at) VALUES ('b', 'k', 0)",
+                    &[],
+                )?;
+                Err::<(), _>(Error::internal("stop"))
+            })
+            .await;
+        assert!(failed.is_err());
+        db.write(insert("c")).await.unwrap();
+        // The pool hands the last connection out first: the writer's.
+        let (names, synchronous) = db
+            .call(|c| {
+                let names: Vec<String> =
+                    c.query_all("SELECT name FROM caches ORDER BY name", &[], |r| r.get(0))?;
+                let sync: i64 = c.query_one("PRAGMA synchronous", &[], |r| r.get(0))?;
+                Ok((names, sync))
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(synchronous, 2, "the connection went back to FULL");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The SQLite engine: connections, the busy handler, migrations.
 //!
 //! The database runs in WAL mode with `synchronous = FULL`, so a committed
-//! row survives a power cut, which is what a `200` for a part promises.
+//! row survives a power cut, which is what a `200` for a part promises. A
+//! write marked [`crate::db::Commit::Deferred`] commits with `NORMAL` (no
+//! sync; the next `FULL` commit syncs the log, it included).
 //! Another process (`ferry gc`, `ferry token revoke`) can hold the write
 //! lock; then the busy handler waits as SQLite's own `busy_timeout` (30 s)
 //! would, and counts each wait ([`busy_waits`], exported as

@@ -6,7 +6,9 @@
 //! busy (it bounded plain ingest at a quarter of the disk's speed).
 //!
 //! Memory per upload: the block being filled plus at most `threads + 1`
-//! blocks in flight, and their frames.
+//! blocks in flight, and their frames. A NAR smaller than one block (most
+//! store paths) is compressed on the caller's thread: the pool starts with
+//! the first full block.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -27,8 +29,10 @@ struct Job {
 /// threads; writes the frames into `out` in order.
 pub struct FrameWriter<W: Write> {
     out: W,
+    level: i32,
     block: Vec<u8>,
-    pool: Pool<Job>,
+    /// Started with the first full block.
+    pool: Option<Pool<Job>>,
     inflight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     depth: usize,
 }
@@ -36,26 +40,37 @@ pub struct FrameWriter<W: Write> {
 impl<W: Write> FrameWriter<W> {
     /// Frames at zstd `level` into `out`.
     pub fn new(out: W, level: i32) -> crate::error::Result<FrameWriter<W>> {
-        let n = pool::threads();
-        let pool = Pool::start(
-            "ferry-compress",
-            n,
-            move || zstd::bulk::Compressor::new(level),
-            |cctx: &mut io::Result<zstd::bulk::Compressor<'static>>, job: Job| {
-                let frame = match cctx {
-                    Ok(c) => c.compress(&job.data),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                };
-                let _ = job.reply.send(frame);
-            },
-        )?;
         Ok(FrameWriter {
             out,
-            block: Vec::with_capacity(BLOCK),
-            pool,
+            level,
+            block: Vec::new(),
+            pool: None,
             inflight: VecDeque::new(),
-            depth: n + 1,
+            depth: pool::threads() + 1,
         })
+    }
+
+    fn pool(&mut self) -> io::Result<&Pool<Job>> {
+        if self.pool.is_none() {
+            let level = self.level;
+            let pool = Pool::start(
+                "ferry-compress",
+                pool::threads(),
+                move || zstd::bulk::Compressor::new(level),
+                |cctx: &mut io::Result<zstd::bulk::Compressor<'static>>, job: Job| {
+                    let frame = match cctx {
+                        Ok(c) => c.compress(&job.data),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    let _ = job.reply.send(frame);
+                },
+            )
+            .map_err(|e| io::Error::other(e.to_string()))?;
+            self.pool = Some(pool);
+        }
+        self.pool
+            .as_ref()
+            .ok_or_else(|| io::Error::other("compression stopped"))
     }
 
     /// Takes NAR bytes.
@@ -74,7 +89,7 @@ impl<W: Write> FrameWriter<W> {
     fn dispatch(&mut self) -> io::Result<()> {
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
         let (reply, frame) = sync_channel(1);
-        self.pool
+        self.pool()?
             .send(Job { data, reply })
             .map_err(|_| io::Error::other("compression stopped"))?;
         self.inflight.push_back(frame);
@@ -96,6 +111,14 @@ impl<W: Write> FrameWriter<W> {
 
     /// Compresses what is left, writes every frame, returns `out`.
     pub fn finish(mut self) -> io::Result<W> {
+        if self.pool.is_none() {
+            // Less than one block in all: one frame, here.
+            if !self.block.is_empty() {
+                let frame = zstd::bulk::compress(&self.block, self.level)?;
+                self.out.write_all(&frame)?;
+            }
+            return Ok(self.out);
+        }
         if !self.block.is_empty() {
             self.dispatch()?;
         }
@@ -127,5 +150,13 @@ mod tests {
         // Nothing written, nothing out (a NAR is never empty).
         let empty = FrameWriter::new(Vec::new(), 3).unwrap().finish().unwrap();
         assert!(empty.is_empty());
+        // Under one block: compressed here, no pool started.
+        for len in [1, 5000, BLOCK - 1] {
+            let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+            w.write_all(&data[..len]).unwrap();
+            assert!(w.pool.is_none(), "a pool for {len} bytes");
+            let out = w.finish().unwrap();
+            assert_eq!(zstd::decode_all(&out[..]).unwrap(), &data[..len]);
+        }
     }
 }

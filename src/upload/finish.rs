@@ -33,7 +33,7 @@ use crate::nar::{NarInfo, Sha256Hash, SigningKey, StorePath};
 /// (renewed every third of it while it runs).
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn lease_until() -> i64 {
+pub(super) fn lease_until() -> i64 {
     crate::db::now() + LEASE.as_secs() as i64
 }
 
@@ -243,7 +243,9 @@ impl Engine {
         let until = lease_until();
         let claimed = self
             .db
-            .write(move |tx| uploads::claim_for_verifying(tx, &key, total, crate::db::now(), until))
+            .write_as(self.step_commit(id), move |tx| {
+                uploads::claim_for_verifying(tx, &key, total, crate::db::now(), until)
+            })
             .await;
         match claimed {
             Ok(true) => {}
@@ -411,7 +413,7 @@ impl Engine {
         let (id, cache_id, hash_part) = (row.id.clone(), row.cache_id, path.hash_part().to_owned());
         let published = self
             .db
-            .write(move |tx| {
+            .write_as(self.step_commit(&row.id), move |tx| {
                 if nars::has_path(tx, cache_id, &hash_part)? {
                     return Ok(true);
                 }

@@ -27,7 +27,7 @@ pub mod tus;
 pub mod verifier;
 mod whole;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::db::caches::CacheRow;
 use crate::db::uploads::{self, PartRow, UploadMeta, UploadRow, UploadState};
-use crate::db::{self, Db, nars};
+use crate::db::{self, Commit, Db, nars};
 use crate::error::{Error, Result};
 use crate::nar::{Sha256Hash, StorePath};
 use crate::store::SharedStore;
@@ -207,6 +207,11 @@ pub struct Engine {
     /// at most [`LIVE_VERIFIERS`] at once. A part that finds no place is
     /// folded later, by `complete`, which waits for one.
     verifiers: Arc<tokio::sync::Semaphore>,
+    /// One-request uploads in progress (the batch door): their steps
+    /// before the publishing commit are [`Commit::Deferred`], since the
+    /// client hears only of the publish and sends the NAR again if it
+    /// was lost.
+    one_request: Mutex<HashSet<String>>,
     /// Verification counters, for `/metrics`.
     pub stats: Stats,
 }
@@ -250,6 +255,7 @@ impl Engine {
             finishing: Mutex::new(HashMap::new()),
             tus_locks: Mutex::new(HashMap::new()),
             verifiers: Arc::new(tokio::sync::Semaphore::new(LIVE_VERIFIERS)),
+            one_request: Mutex::new(HashSet::new()),
             stats: Stats::default(),
         }))
         .inspect(|engine| engine.release_idle_verifiers())
@@ -295,6 +301,16 @@ impl Engine {
         self.uploads_dir.join(id)
     }
 
+    /// How the steps of upload `id` before its publishing commit commit:
+    /// deferred for a one-request upload, durable otherwise (an answer
+    /// about a part or an upload is a promise to a client who may resume).
+    fn step_commit(&self, id: &str) -> Commit {
+        match self.one_request.lock() {
+            Ok(set) if set.contains(id) => Commit::Deferred,
+            _ => Commit::Durable,
+        }
+    }
+
     fn expiry_from_now(&self) -> i64 {
         db::now() + self.cfg.upload_expiry.as_secs() as i64
     }
@@ -318,6 +334,17 @@ impl Engine {
         cache: &CacheRow,
         new: NewUpload,
         may_read: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Created> {
+        self.create_as(cache, new, may_read, Commit::Durable).await
+    }
+
+    /// [`Engine::create`], with the new upload's row committed as `commit`.
+    async fn create_as(
+        &self,
+        cache: &CacheRow,
+        new: NewUpload,
+        may_read: &(dyn Fn(&str) -> bool + Sync),
+        commit: Commit,
     ) -> Result<Created> {
         self.check_new(cache, &new)?;
         let (cache_id, hash_part, nar_hash) = (
@@ -359,7 +386,7 @@ impl Engine {
             return Ok(Created::Committed { nar_hash });
         }
         let owner = new.owner.clone();
-        let (id, expires_at) = self.open(cache.id, Some(new), owner).await?;
+        let (id, expires_at) = self.open(cache.id, Some(new), owner, commit).await?;
         Ok(Created::Upload { id, expires_at })
     }
 
@@ -369,7 +396,7 @@ impl Engine {
     pub async fn create_upload(&self, cache: &CacheRow, new: NewUpload) -> Result<(String, i64)> {
         self.check_new(cache, &new)?;
         let owner = new.owner.clone();
-        self.open(cache.id, Some(new), owner).await
+        self.open(cache.id, Some(new), owner, Commit::Durable).await
     }
 
     /// Starts a bucket: an upload that only collects parts, to be absorbed
@@ -379,7 +406,7 @@ impl Engine {
         cache: &CacheRow,
         owner: Option<String>,
     ) -> Result<(String, i64)> {
-        self.open(cache.id, None, owner).await
+        self.open(cache.id, None, owner, Commit::Durable).await
     }
 
     async fn open(
@@ -387,6 +414,7 @@ impl Engine {
         cache_id: i64,
         new: Option<NewUpload>,
         owner: Option<String>,
+        commit: Commit,
     ) -> Result<(String, i64)> {
         let id = uuid::Uuid::now_v7().to_string();
         let row = match new {
@@ -424,7 +452,7 @@ impl Engine {
         // a leftover that GC may sweep.
         let quota = self.cfg.max_open_uploads_per_token;
         self.db
-            .write(move |tx| {
+            .write_as(commit, move |tx| {
                 if let Some(owner) = &owner
                     && uploads::open_of_owner(tx, owner, db::now())? >= quota
                 {

@@ -8,12 +8,16 @@ use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 
-/// Threads for one pool: the machine's cores, at most 8.
+/// Threads for one pool: the machine's cores, at most 8. Asked once:
+/// the standard library reads cgroup files every time.
 pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8)
+    })
 }
 
 /// Threads working on jobs of type `J`.

@@ -18,6 +18,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::Engine;
+use crate::db::Commit;
 use crate::db::uploads::{self, PartRow, UploadState};
 use crate::error::{Error, Result};
 use crate::store::fsync_dir;
@@ -411,7 +412,10 @@ impl Engine {
         let dest = self.part_path(id, n);
         let dir = self.dir_of(id);
         crate::crash_point!("part.after_write");
-        let durable = !self.store.shared();
+        // A one-request upload's part needs no durable name here: the
+        // publish moves it into the store, and syncs that directory.
+        let commit = self.step_commit(id);
+        let durable = !self.store.shared() && commit == Commit::Durable;
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::rename(&file, &dest)?;
             if durable { fsync_dir(&dir) } else { Ok(()) }
@@ -421,7 +425,7 @@ impl Engine {
         crate::crash_point!("part.after_rename");
         let (key, p) = (id.to_owned(), part.clone());
         self.db
-            .write(move |tx| uploads::upsert_part(tx, &key, &p))
+            .write_as(commit, move |tx| uploads::upsert_part(tx, &key, &p))
             .await?;
         {
             let mut s = slot.state.lock().await;

@@ -182,9 +182,16 @@ const STAGE_BUF: usize = 256 * 1024;
 /// Full buffers in flight between the stages.
 const STAGE_DEPTH: usize = 4;
 
+/// NARs up to this size are checked on the caller's thread: for a small
+/// path, starting a thread costs more than the overlap saves.
+const INLINE_NAR: u64 = 2 << 20;
+
 /// The second stage: a thread owning the [`NarSink`], fed NAR bytes in
-/// buffers over a bounded channel (the buffers come back to be refilled).
+/// buffers over a bounded channel (the buffers come back to be refilled);
+/// or, for a small NAR, the sink itself, written on the caller's thread.
 struct NarStage {
+    /// The sink when it runs on the caller's thread.
+    local: Option<NarSink>,
     buf: Vec<u8>,
     tx: Option<SyncSender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
@@ -196,7 +203,25 @@ struct NarStage {
 }
 
 impl NarStage {
-    fn start(mut sink: NarSink) -> Result<NarStage> {
+    /// A stage for a NAR of `sink`'s declared size: on a thread of its own
+    /// unless the NAR is small.
+    fn start(sink: NarSink) -> Result<NarStage> {
+        if sink.limit > INLINE_NAR {
+            return NarStage::threaded(sink);
+        }
+        let (_, spare) = std::sync::mpsc::channel();
+        Ok(NarStage {
+            local: Some(sink),
+            buf: Vec::new(),
+            tx: None,
+            spare,
+            failed: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            sink: None,
+        })
+    }
+
+    fn threaded(mut sink: NarSink) -> Result<NarStage> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STAGE_DEPTH);
         let (back, spare): (Sender<Vec<u8>>, _) = std::sync::mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
@@ -214,6 +239,7 @@ impl NarStage {
             })
             .map_err(Error::internal)?;
         Ok(NarStage {
+            local: None,
             buf: Vec::with_capacity(STAGE_BUF),
             tx: Some(tx),
             spare,
@@ -239,6 +265,9 @@ impl NarStage {
     /// Hands over what is buffered, waits for the second stage to finish
     /// and returns its sink (once; later calls return the same sink).
     fn close(&mut self) -> Result<&mut NarSink> {
+        if let Some(local) = self.local.take() {
+            self.sink = Some(local);
+        }
         if self.sink.is_none() {
             if !self.buf.is_empty() && !self.failed.load(Ordering::Relaxed) {
                 // A failed send shows as the sink's own error below.
@@ -272,6 +301,15 @@ impl Write for NarStage {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.failed.load(Ordering::Relaxed) || self.sink.is_some() {
             return Err(io::Error::other("verification already failed"));
+        }
+        if let Some(local) = &mut self.local {
+            return match local.write_all(data) {
+                Ok(()) => Ok(data.len()),
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    Err(e)
+                }
+            };
         }
         let mut rest = data;
         while !rest.is_empty() {
@@ -323,6 +361,13 @@ pub struct Verdict {
     pub listing: Option<Vec<u8>>,
     /// Chunked uploads: the stored file as ranges of blobs.
     pub layout: Option<super::chunked::Layout>,
+}
+
+/// The I/O buffer for an upload of a `nar_size` NAR: 1 MiB, or less for
+/// a small NAR (a buffer is zeroed when made: 1 MiB for a 2 KiB path
+/// costs more than the path).
+fn read_buffer(nar_size: u64) -> usize {
+    (nar_size.max(4096) as usize).min(1 << 20)
 }
 
 /// The running verifier of one upload.
@@ -404,7 +449,7 @@ impl Verifier {
             }
             Compression::None | Compression::Xz => {
                 let file = FileSink {
-                    out: BufWriter::with_capacity(1 << 20, File::create(out_path)?),
+                    out: BufWriter::with_capacity(read_buffer(nar_size), File::create(out_path)?),
                     sha: Sha256::new(),
                     blake: blake3::Hasher::new(),
                     bytes: 0,
@@ -424,7 +469,7 @@ impl Verifier {
             file_bytes: 0,
             pipeline,
             out_path,
-            buf: vec![0u8; 1 << 20],
+            buf: vec![0u8; read_buffer(nar_size)],
         })
     }
 

@@ -7,6 +7,11 @@
 //! and `complete` verifies and publishes. An upload that ends in an error
 //! is removed at once: its client sends the bytes again in a later
 //! request rather than resuming it.
+//!
+//! For the same reason its steps before the publishing commit (the
+//! upload row, the part row, the claims) commit deferred: only the publish
+//! waits for the disk, and its sync covers them. An acknowledged part of
+//! the parts API is a promise; a step of a one-request upload is not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +19,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Completion, Created, Engine, NewUpload, PartRules};
+use crate::db::Commit;
 use crate::db::caches::CacheRow;
-use crate::error::Result;
+use crate::db::uploads;
+use crate::error::{Error, Result};
 
 /// What a one-request upload came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,10 +48,31 @@ impl Engine {
         may_read: &(dyn Fn(&str) -> bool + Sync),
         wait: Duration,
     ) -> Result<Whole> {
-        let id = match self.create(cache, new, may_read).await? {
+        let id = match self
+            .create_as(cache, new, may_read, Commit::Deferred)
+            .await?
+        {
             Created::Committed { nar_hash } => return Ok(Whole::Present { nar_hash }),
             Created::Upload { id, .. } => id,
         };
+        self.one_request
+            .lock()
+            .map_err(Error::internal)?
+            .insert(id.clone());
+        let outcome = self.put_whole_bytes(&id, bytes, wait).await;
+        if let Ok(mut set) = self.one_request.lock() {
+            set.remove(&id);
+        }
+        outcome
+    }
+
+    /// Part 1 and `complete` of the one-request upload `id`.
+    async fn put_whole_bytes(
+        self: &Arc<Self>,
+        id: &str,
+        bytes: Bytes,
+        wait: Duration,
+    ) -> Result<Whole> {
         let rules = PartRules {
             content_length: Some(bytes.len() as u64),
             digest: None,
@@ -52,15 +80,24 @@ impl Engine {
         };
         let body =
             futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(bytes) });
-        let outcome = match self.put_part(&id, 1, rules, Box::pin(body)).await {
-            Ok(_) => self.complete_within(&id, 1, wait).await,
+        let outcome = match self.put_part(id, 1, rules, Box::pin(body)).await {
+            Ok(_) => self.complete_within(id, 1, wait).await,
             Err(e) => Err(e),
         };
         match outcome {
             Ok(Completion::Committed { narinfo_url }) => Ok(Whole::Published { narinfo_url }),
-            Ok(Completion::Verifying) => Ok(Whole::Verifying { id }),
+            Ok(Completion::Verifying) => {
+                // The client is given the id to poll: from here the upload
+                // is a promise, so its deferred steps go to disk, with a
+                // durable renewal of its lease (its sync covers them).
+                let (key, until) = (id.to_owned(), super::finish::lease_until());
+                self.db
+                    .write(move |tx| uploads::renew_lease(tx, &key, until))
+                    .await?;
+                Ok(Whole::Verifying { id: id.to_owned() })
+            }
             Err(e) => {
-                if let Err(gone) = self.remove(&id).await {
+                if let Err(gone) = self.remove(id).await {
                     tracing::warn!(upload = %id, error = %gone, "could not remove a failed one-request upload");
                 }
                 Err(e)
