@@ -2,9 +2,10 @@
 //!
 //! The server's data dir is a small tmpfs the test mounts itself (tests
 //! and CI run as root), filled to the last byte by a filler file. Each door
-//! meets the full disk where it writes: the parts API receiving a part,
-//! the server compressing a plain upload at `complete`, a tus PATCH, a
-//! batch of small NARs, and `ferry push` against a full server. Every time the answer is 507
+//! meets the full disk where it writes: the parts API receiving a part
+//! (as sent, or compressed as it arrives for a plain NAR), `complete`, a
+//! tus PATCH, a batch of small NARs, and `ferry push` against a full
+//! server. Every time the answer is 507
 //! `insufficient_storage` with `Retry-After`, the upload stays open with
 //! every acknowledged part, the server stays up, and once the filler is
 //! gone the same upload (not a new one) completes. Nix then reads the
@@ -165,11 +166,19 @@ fn a_plain_upload_compressed_on_a_full_disk_stays_open_and_completes_later() {
     let nar = Nar::new("full-plain", 6 << 20);
     let id = create(&s, &nar, "none");
     let parts: Vec<&[u8]> = nar.bytes.chunks(3 << 20).collect();
-    for (i, p) in parts.iter().enumerate() {
+    assert_eq!(put(&s, &id, 1, parts[0]).status, 200);
+    // A plain part is compressed as it arrives: no room for its frames.
+    let filler = disk.fill();
+    assert_full(&s, &put(&s, &id, 2, parts[1]), "plain part 2");
+    let st = status(&s, &id);
+    assert_eq!(st["state"], "open", "{st}");
+    assert_eq!(st["parts"].as_array().unwrap().len(), 1, "{st}");
+    std::fs::remove_file(filler).unwrap();
+    for (i, p) in parts.iter().enumerate().skip(1) {
         assert_eq!(put(&s, &id, i + 1, p).status, 200);
     }
+    // Completing needs room too (the database's log).
     let filler = disk.fill();
-    // The server compresses the NAR as it verifies: no room for it.
     let r = complete(&s, &id, parts.len());
     assert_full(&s, &r, "complete");
     let st = status(&s, &id);

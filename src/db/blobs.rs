@@ -59,7 +59,8 @@ pub fn unreferenced(conn: &Conn<'_>) -> Result<Vec<(String, u64)>> {
         "SELECT id, size FROM blobs b
          WHERE NOT EXISTS (SELECT 1 FROM nar_chunks c WHERE c.blob = b.id)
            AND NOT EXISTS (SELECT 1 FROM upload_blobs u WHERE u.blob = b.id)
-           AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.blake3 = b.id)",
+           AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.blake3 = b.id)
+           AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.blob = b.id)",
         &[],
         |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64)),
     )
@@ -76,7 +77,8 @@ pub fn forget(conn: &Conn<'_>, id: &str) -> Result<()> {
 pub fn is_known(conn: &Conn<'_>, id: &str) -> Result<bool> {
     Ok(
         conn.exists("SELECT 1 FROM blobs WHERE id = ?1", params![id])?
-            || conn.exists("SELECT 1 FROM upload_parts WHERE blake3 = ?1", params![id])?,
+            || conn.exists("SELECT 1 FROM upload_parts WHERE blake3 = ?1", params![id])?
+            || conn.exists("SELECT 1 FROM upload_parts WHERE blob = ?1", params![id])?,
     )
 }
 
@@ -87,9 +89,11 @@ pub fn all(conn: &Conn<'_>) -> Result<HashSet<String>> {
         .into_iter()
         .collect();
     ids.extend(
-        conn.query_all::<String>("SELECT DISTINCT blake3 FROM upload_parts", &[], |r| {
-            r.get(0)
-        })?,
+        conn.query_all::<String>(
+            "SELECT blake3 FROM upload_parts UNION SELECT blob FROM upload_parts WHERE blob IS NOT NULL",
+            &[],
+            |r| r.get(0),
+        )?,
     );
     Ok(ids)
 }

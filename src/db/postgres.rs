@@ -82,6 +82,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_chunks",
         include_str!("../../schema/postgres/0010_chunks.sql"),
     ),
+    (
+        "0011_stored_parts",
+        include_str!("../../schema/postgres/0011_stored_parts.sql"),
+    ),
 ];
 
 /// How many migrations there are (both engines have as many).

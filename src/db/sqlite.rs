@@ -57,6 +57,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0010_chunks",
         include_str!("../../schema/sqlite/0010_chunks.sql"),
     ),
+    (
+        "0011_stored_parts",
+        include_str!("../../schema/sqlite/0011_stored_parts.sql"),
+    ),
 ];
 
 /// How long a statement waits for a lock before it fails with `SQLITE_BUSY`.

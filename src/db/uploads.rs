@@ -69,12 +69,37 @@ pub struct UploadRow {
     pub expires_at: i64,
 }
 
-/// A received part.
+/// A received part: its size and blake3 as sent (what the client is told
+/// and resumes by).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRow {
     pub n: u32,
     pub size: u64,
     pub blake3: String,
+    /// The file kept, when it is not the bytes as sent (a plain part,
+    /// stored as zstd frames).
+    #[serde(skip)]
+    pub stored: Option<StoredPart>,
+}
+
+/// The file kept for a part stored other than as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPart {
+    /// Its blake3: the blob it becomes.
+    pub blob: String,
+    pub size: u64,
+}
+
+impl PartRow {
+    /// The blob the part's file is (and becomes once published).
+    pub fn blob(&self) -> &str {
+        self.stored.as_ref().map_or(&self.blake3, |s| &s.blob)
+    }
+
+    /// The size of the part's file.
+    pub fn blob_size(&self) -> u64 {
+        self.stored.as_ref().map_or(self.size, |s| s.size)
+    }
 }
 
 const COLUMNS: &str = "id, cache_id, store_path, nar_hash, nar_size, meta, compression, state, total_parts, error, created_at, expires_at";
@@ -163,13 +188,19 @@ pub fn expired(conn: &Conn<'_>, now: i64) -> Result<Vec<String>> {
 /// The parts of an upload, by number.
 pub fn parts(conn: &Conn<'_>, id: &str) -> Result<Vec<PartRow>> {
     conn.query_all(
-        "SELECT n, size, blake3 FROM upload_parts WHERE upload_id = ?1 ORDER BY n",
+        "SELECT n, size, blake3, blob, blob_size FROM upload_parts WHERE upload_id = ?1 ORDER BY n",
         params![id],
         |r| {
+            let blob: Option<String> = r.get(3)?;
+            let blob_size: Option<i64> = r.get(4)?;
             Ok(PartRow {
                 n: r.get::<i64>(0)? as u32,
                 size: r.get::<i64>(1)? as u64,
                 blake3: r.get(2)?,
+                stored: blob.map(|blob| StoredPart {
+                    blob,
+                    size: blob_size.unwrap_or(0) as u64,
+                }),
             })
         },
     )
@@ -190,9 +221,18 @@ pub fn upsert_part(conn: &Conn<'_>, id: &str, p: &PartRow) -> Result<()> {
         None => return Err(crate::error::Error::UploadNotFound(id.to_owned())),
     }
     conn.execute(
-        "INSERT INTO upload_parts (upload_id, n, size, blake3) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (upload_id, n) DO UPDATE SET size = excluded.size, blake3 = excluded.blake3",
-        params![id, p.n, p.size as i64, p.blake3],
+        "INSERT INTO upload_parts (upload_id, n, size, blake3, blob, blob_size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (upload_id, n) DO UPDATE SET size = excluded.size,
+           blake3 = excluded.blake3, blob = excluded.blob, blob_size = excluded.blob_size",
+        params![
+            id,
+            p.n,
+            p.size as i64,
+            p.blake3,
+            p.stored.as_ref().map(|s| s.blob.clone()),
+            p.stored.as_ref().map(|s| s.size as i64)
+        ],
     )?;
     Ok(())
 }

@@ -1,17 +1,20 @@
-//! Server-side compression of plain (and xz) NAR uploads into the stored
-//! `.nar.zst`: the NAR is cut into blocks of [`BLOCK`] bytes, each
-//! compressed as an independent zstd frame on a thread of a pool, and the
-//! frames are written in order. Concatenated frames are one valid zstd
-//! stream for Nix and every zstd reader; one stream kept a single core
+//! Server-side compression into the stored `.nar.zst`: each part of a
+//! plain NAR upload as it arrives (the part's file is then its piece of
+//! the stored file), and the NAR of an xz upload as it is verified. The
+//! bytes are cut into blocks of [`BLOCK`] bytes, each compressed as an
+//! independent zstd frame on a thread of a pool, and the frames are
+//! written in order. Concatenated frames are one valid zstd stream for Nix
+//! and every zstd reader, across parts too; one stream kept a single core
 //! busy (it bounded plain ingest at a quarter of the disk's speed).
 //!
-//! Memory per upload: the block being filled plus at most `threads + 1`
-//! blocks in flight, and their frames. A NAR smaller than one block (most
-//! store paths) is compressed on the caller's thread: the pool starts with
-//! the first full block.
+//! Memory per writer: the block being filled plus at most `threads + 1`
+//! blocks in flight, and their frames. The threads are shared by every
+//! writer (one per core); a NAR smaller than one block (most store paths)
+//! is compressed on the caller's thread.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::pool::{self, Pool};
@@ -19,20 +22,56 @@ use super::pool::{self, Pool};
 /// NAR bytes per frame.
 pub const BLOCK: usize = 2 << 20;
 
-/// A block to compress, and where its frame goes.
+/// A block to compress, at which level, and where its frame goes.
 struct Job {
     data: Vec<u8>,
+    level: i32,
     reply: SyncSender<io::Result<Vec<u8>>>,
 }
 
-/// Compresses what is written into independent frames on several
+/// The compression threads every writer shares (one per core, at most 8):
+/// parts received at once, and verifiers, add no threads of their own.
+fn shared_pool() -> io::Result<&'static Pool<Job>> {
+    static POOL: OnceLock<std::result::Result<Pool<Job>, String>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Pool::start(
+            "ferry-compress",
+            pool::threads(),
+            || None,
+            |cctx: &mut Option<(i32, zstd::bulk::Compressor<'static>)>, job: Job| {
+                let _ = job.reply.send(compress(cctx, &job));
+            },
+        )
+        .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| io::Error::other(e.clone()))
+}
+
+/// One frame of `job`, with the thread's context (made again when the
+/// level changes).
+fn compress(
+    cctx: &mut Option<(i32, zstd::bulk::Compressor<'static>)>,
+    job: &Job,
+) -> io::Result<Vec<u8>> {
+    if cctx.as_ref().is_none_or(|(level, _)| *level != job.level) {
+        *cctx = Some((job.level, zstd::bulk::Compressor::new(job.level)?));
+    }
+    match cctx {
+        Some((_, c)) => c.compress(&job.data),
+        None => Err(io::Error::other("no compression context")),
+    }
+}
+
+/// Compresses what is written into independent frames on the shared
 /// threads; writes the frames into `out` in order.
 pub struct FrameWriter<W: Write> {
     out: W,
     level: i32,
     block: Vec<u8>,
-    /// Started with the first full block.
-    pool: Option<Pool<Job>>,
+    /// Whether a block went to the threads (else, at most one block was
+    /// written: it is compressed here).
+    dispatched: bool,
     inflight: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     depth: usize,
 }
@@ -44,33 +83,10 @@ impl<W: Write> FrameWriter<W> {
             out,
             level,
             block: Vec::new(),
-            pool: None,
+            dispatched: false,
             inflight: VecDeque::new(),
             depth: pool::threads() + 1,
         })
-    }
-
-    fn pool(&mut self) -> io::Result<&Pool<Job>> {
-        if self.pool.is_none() {
-            let level = self.level;
-            let pool = Pool::start(
-                "ferry-compress",
-                pool::threads(),
-                move || zstd::bulk::Compressor::new(level),
-                |cctx: &mut io::Result<zstd::bulk::Compressor<'static>>, job: Job| {
-                    let frame = match cctx {
-                        Ok(c) => c.compress(&job.data),
-                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    };
-                    let _ = job.reply.send(frame);
-                },
-            )
-            .map_err(|e| io::Error::other(e.to_string()))?;
-            self.pool = Some(pool);
-        }
-        self.pool
-            .as_ref()
-            .ok_or_else(|| io::Error::other("compression stopped"))
     }
 
     /// Takes NAR bytes.
@@ -89,8 +105,13 @@ impl<W: Write> FrameWriter<W> {
     fn dispatch(&mut self) -> io::Result<()> {
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
         let (reply, frame) = sync_channel(1);
-        self.pool()?
-            .send(Job { data, reply })
+        self.dispatched = true;
+        shared_pool()?
+            .send(Job {
+                data,
+                level: self.level,
+                reply,
+            })
             .map_err(|_| io::Error::other("compression stopped"))?;
         self.inflight.push_back(frame);
         while self.inflight.len() > self.depth {
@@ -111,7 +132,7 @@ impl<W: Write> FrameWriter<W> {
 
     /// Compresses what is left, writes every frame, returns `out`.
     pub fn finish(mut self) -> io::Result<W> {
-        if self.pool.is_none() {
+        if !self.dispatched {
             // Less than one block in all: one frame, here.
             if !self.block.is_empty() {
                 let frame = zstd::bulk::compress(&self.block, self.level)?;
@@ -154,7 +175,7 @@ mod tests {
         for len in [1, 5000, BLOCK - 1] {
             let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
             w.write_all(&data[..len]).unwrap();
-            assert!(w.pool.is_none(), "a pool for {len} bytes");
+            assert!(!w.dispatched, "{len} bytes went to the threads");
             let out = w.finish().unwrap();
             assert_eq!(zstd::decode_all(&out[..]).unwrap(), &data[..len]);
         }

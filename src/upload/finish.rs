@@ -338,6 +338,7 @@ impl Engine {
                     n: 0,
                     path: c.path,
                     blake3: c.blake3,
+                    frames_of: None,
                 };
                 (vec![(source, c.size)], c.sha256, c.size)
             }
@@ -345,18 +346,12 @@ impl Engine {
                 let sources = parts
                     .iter()
                     .filter(|p| p.n <= total && p.size > 0)
-                    .map(|p| {
-                        let source = Source {
-                            n: p.n,
-                            path: self.part_path(&row.id, p.n),
-                            blake3: p.blake3.clone(),
-                        };
-                        (source, p.size)
-                    })
+                    .map(|p| (Source::of(p, self.part_path(&row.id, p.n)), p.blob_size()))
                     .collect();
-                match &layout {
-                    Some(l) => (sources, l.file_hash, l.file_size),
-                    None => (sources, verdict.upload_hash, verdict.upload_size),
+                match (&layout, verdict.frames_file) {
+                    (Some(l), _) => (sources, l.file_hash, l.file_size),
+                    (None, Some((hash, size))) => (sources, hash, size),
+                    (None, None) => (sources, verdict.upload_hash, verdict.upload_size),
                 }
             }
         };
@@ -432,7 +427,7 @@ impl Engine {
                 .await
                 .map_err(Error::internal)??;
             if let Some(part) = lost {
-                let (key, n, blake3) = (row.id.clone(), part.n, part.blake3.clone());
+                let (key, n, blake3) = (row.id.clone(), part.n, part.row_blake3().to_owned());
                 self.db
                     .write(move |tx| uploads::drop_part_if(tx, &key, n, &blake3))
                     .await?;

@@ -32,11 +32,32 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// A part to fold: its number, its file, and the blake3 its row names.
+/// A part to fold: its number, its file, and the blob its row names.
 pub(super) struct Source {
     pub(super) n: u32,
     pub(super) path: PathBuf,
+    /// The blake3 of the file: the blob it becomes.
     pub(super) blake3: String,
+    /// The blake3 of the part as sent (its row's), when the file holds it
+    /// as zstd frames.
+    pub(super) frames_of: Option<String>,
+}
+
+impl Source {
+    /// Part `p` of upload `id`, kept at `path`.
+    pub(super) fn of(p: &uploads::PartRow, path: PathBuf) -> Source {
+        Source {
+            n: p.n,
+            path,
+            blake3: p.blob().to_owned(),
+            frames_of: p.stored.as_ref().map(|_| p.blake3.clone()),
+        }
+    }
+
+    /// The blake3 its row names (what the client sent).
+    pub(super) fn row_blake3(&self) -> &str {
+        self.frames_of.as_deref().unwrap_or(&self.blake3)
+    }
 }
 
 /// How a fold of several parts ended.
@@ -109,12 +130,20 @@ impl Engine {
                 .join(format!("nar-{}.zst", uuid::Uuid::now_v7().simple()));
             let level = self.cfg.zstd_level;
             let store = self.store.clone();
+            let plain_frames = parts
+                .iter()
+                .find(|p| p.n == 1)
+                .is_none_or(|p| p.stored.is_some());
             tokio::task::spawn_blocking(move || {
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
                 match compression {
                     Compression::Chunked => Verifier::chunked(row.nar_size, store),
+                    // Parts kept as frames, unless part 1 was kept as
+                    // sent (by a version before them): then the NAR is
+                    // compressed here, as it was.
+                    Compression::None if plain_frames => Verifier::plain_frames(row.nar_size),
                     _ => Verifier::new(compression, row.nar_size, &out, level),
                 }
             })
@@ -150,11 +179,7 @@ impl Engine {
         let sources: Vec<Source> = todo
             .iter()
             .filter_map(|&n| parts.iter().find(|p| p.n == n))
-            .map(|p| Source {
-                n: p.n,
-                path: self.part_path(id, p.n),
-                blake3: p.blake3.clone(),
-            })
+            .map(|p| Source::of(p, self.part_path(id, p.n)))
             .collect();
         let store = self.store.clone();
         let bytes: u64 = parts
@@ -215,7 +240,7 @@ impl Engine {
                     "a part's file is gone or does not hash to its recorded blake3: dropped, the client will send it again"
                 );
                 let key = id.to_owned();
-                let (n, blake3) = (part.n, part.blake3.clone());
+                let (n, blake3) = (part.n, part.row_blake3().to_owned());
                 if self
                     .db
                     .write(move |tx| uploads::drop_part_if(tx, &key, n, &blake3))
@@ -264,7 +289,27 @@ fn fold_parts(
             inner: reader,
             hasher: blake3::Hasher::new(),
         };
-        let folded = verifier.fold(&mut hashing, &source.blake3, &source.path);
+        let frames = source.frames_of.is_some();
+        let folded = match (verifier.takes_frames(), frames) {
+            (true, true) | (false, false) => {
+                verifier.fold(&mut hashing, &source.blake3, &source.path)
+            }
+            // Frames kept by this version, folded after a part 1 kept as
+            // sent: the verifier takes the NAR bytes.
+            (false, true) => match zstd::stream::read::Decoder::new(&mut hashing) {
+                Ok(frames) => verifier.fold(frames, &source.blake3, &source.path),
+                Err(e) => Err(e.into()),
+            },
+            // A part kept as sent (by an older version) after parts kept
+            // as frames: sent again, it is kept as frames too.
+            (true, false) => {
+                tracing::warn!(
+                    part = source.n,
+                    "a part kept as sent among parts kept as zstd frames: it is asked for again"
+                );
+                return Folded::Lost(source);
+            }
+        };
         if folded.is_err() {
             // Judge the part only if it still is the part acknowledged:
             // hash what the verifier left unread before deciding.

@@ -18,8 +18,9 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::Engine;
+use super::compress::FrameWriter;
 use crate::db::Commit;
-use crate::db::uploads::{self, PartRow, UploadState};
+use crate::db::uploads::{self, PartRow, StoredPart, UploadState};
 use crate::error::{Error, Result};
 use crate::store::fsync_dir;
 
@@ -59,6 +60,8 @@ pub struct ExpectedDigest {
 pub struct Received {
     pub size: u64,
     pub blake3: String,
+    /// The file, when it holds the bytes as zstd frames.
+    pub stored: Option<StoredPart>,
     /// The digest asked for (other than blake3), when one was.
     pub digest: Option<Vec<u8>>,
 }
@@ -101,16 +104,68 @@ impl Extra {
 }
 
 struct Sink {
-    file: File,
+    out: Out,
     blake: blake3::Hasher,
     extra: Extra,
+}
+
+/// Where received bytes go.
+enum Out {
+    /// Into the file as they are.
+    AsSent(File),
+    /// Through independent zstd frames into the file (a plain part: the
+    /// file is then its piece of the stored `.nar.zst`).
+    Frames(Box<FrameWriter<Kept>>),
+}
+
+/// The file of a part stored as frames, hashed as it is written.
+struct Kept {
+    file: File,
+    blake: blake3::Hasher,
+    size: u64,
+}
+
+impl Write for Kept {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.blake.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl Sink {
     fn put(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.blake.update(data);
         self.extra.update(data);
-        self.file.write_all(data)
+        match &mut self.out {
+            Out::AsSent(file) => file.write_all(data),
+            Out::Frames(frames) => frames.write_all(data),
+        }
+    }
+
+    /// Ends the file: syncs it when `durable`, and says what it holds
+    /// when that is not the bytes as sent.
+    fn close(self, durable: bool) -> std::io::Result<(Option<StoredPart>, blake3::Hasher, Extra)> {
+        let (file, stored) = match self.out {
+            Out::AsSent(file) => (file, None),
+            Out::Frames(frames) => {
+                let kept = frames.finish()?;
+                let stored = StoredPart {
+                    blob: kept.blake.finalize().to_hex().to_string(),
+                    size: kept.size,
+                };
+                (kept.file, Some(stored))
+            }
+        };
+        if durable {
+            file.sync_all()?;
+        }
+        Ok((stored, self.blake, self.extra))
     }
 }
 
@@ -119,8 +174,8 @@ impl Sink {
 /// 1 MiB batches), large enough that the hop to the blocking pool is rare.
 const BATCH: usize = 256 << 10;
 
-/// Streams `body` into a new file at `path`, fsyncs it (when `durable`),
-/// and hashes it.
+/// Streams `body` into a new file at `path` (as zstd frames at level
+/// `frames`, when given), fsyncs it (when `durable`), and hashes it.
 /// Stops with `PartTooLarge` past `limit` bytes. When the body breaks off
 /// (the client went away), what arrived is still written, fsynced and
 /// described, and the break is returned beside it: a door that keeps cut
@@ -130,6 +185,7 @@ pub async fn write_stream<S, E>(
     mut body: S,
     limit: u64,
     extra: Option<DigestAlgorithm>,
+    frames: Option<i32>,
     durable: bool,
 ) -> Result<(Received, Option<Error>)>
 where
@@ -147,8 +203,19 @@ where
     })
     .await
     .map_err(Error::internal)??;
+    let out = match frames {
+        None => Out::AsSent(file),
+        Some(level) => Out::Frames(Box::new(FrameWriter::new(
+            Kept {
+                file,
+                blake: blake3::Hasher::new(),
+                size: 0,
+            },
+            level,
+        )?)),
+    };
     let mut sink = Some(Sink {
-        file,
+        out,
         blake: blake3::Hasher::new(),
         extra: Extra::new(extra),
     });
@@ -203,13 +270,12 @@ where
     }
     let sink = sink.ok_or_else(|| Error::internal("sink lost"))?;
     let received = tokio::task::spawn_blocking(move || -> Result<Received> {
-        if durable {
-            sink.file.sync_all()?;
-        }
+        let (stored, blake, extra) = sink.close(durable)?;
         Ok(Received {
             size,
-            blake3: sink.blake.finalize().to_hex().to_string(),
-            digest: sink.extra.finish(),
+            blake3: blake.finalize().to_hex().to_string(),
+            stored,
+            digest: extra.finish(),
         })
     })
     .await
@@ -294,7 +360,10 @@ impl Engine {
         // found by its blake3 and read from the bucket instead), so it
         // is not fsynced.
         let durable = !self.store.shared();
-        let (received, broke) = match write_stream(&tmp, body, limit, alg, durable).await {
+        // A plain NAR's part is kept as zstd frames: the stored file is
+        // written once, as it arrives (see `StoredPart`).
+        let frames = (row.compression == "none").then_some(self.cfg.zstd_level);
+        let (received, broke) = match write_stream(&tmp, body, limit, alg, frames, durable).await {
             Ok(r) => r,
             Err(e) => {
                 discard(tmp.clone()).await;
@@ -336,6 +405,7 @@ impl Engine {
             n: n as u32,
             size: received.size,
             blake3: received.blake3,
+            stored: received.stored,
         };
         self.record_part(id, tmp, part).await
     }
@@ -353,6 +423,7 @@ impl Engine {
                     n,
                     size,
                     blake3: hasher.finalize().to_hex().to_string(),
+                    stored: None,
                 },
             ))
         })
@@ -387,7 +458,7 @@ impl Engine {
             return Err(e);
         }
         if self.store.shared() {
-            let (store, blob, from) = (self.store.clone(), part.blake3.clone(), file.clone());
+            let (store, blob, from) = (self.store.clone(), part.blob().to_owned(), file.clone());
             let copied = tokio::task::spawn_blocking(move || store.copy_in(&blob, &from))
                 .await
                 .map_err(Error::internal)?;
@@ -509,7 +580,7 @@ impl Engine {
         let dest = self.staged_path(cache_id, name)?;
         let dir = self.uploads_dir.join("staged");
         let tmp = temp_name(&dir, 0);
-        let received = match write_stream(&tmp, body, u64::MAX, None, true).await {
+        let received = match write_stream(&tmp, body, u64::MAX, None, None, true).await {
             Ok((r, None)) => r,
             Ok((_, Some(e))) => {
                 discard(tmp.clone()).await;

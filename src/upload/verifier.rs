@@ -361,6 +361,9 @@ pub struct Verdict {
     pub listing: Option<Vec<u8>>,
     /// Chunked uploads: the stored file as ranges of blobs.
     pub layout: Option<super::chunked::Layout>,
+    /// A plain upload whose parts were kept as zstd frames: SHA-256 and
+    /// size of the stored file (the frames), which is not what was sent.
+    pub frames_file: Option<(Sha256Hash, u64)>,
 }
 
 /// The I/O buffer for an upload of a `nar_size` NAR: 1 MiB, or less for
@@ -374,6 +377,8 @@ fn read_buffer(nar_size: u64) -> usize {
 pub struct Verifier {
     /// The next part number to fold.
     pub next: u32,
+    /// A plain upload read from its parts' stored frames.
+    plain_frames: bool,
     file_sha: Sha256,
     file_bytes: u64,
     pipeline: Pipeline,
@@ -406,6 +411,18 @@ fn chunked_error(stage: &mut NarStage, e: Error) -> Error {
         );
     }
     e
+}
+
+/// The server's own frames that do not decode (their blake3 matched what
+/// was written, so the writer is wrong): a fault, never a verdict on the
+/// client's bytes. NAR errors stay verdicts.
+fn own_frames(stored: bool, e: Error) -> Error {
+    match e {
+        Error::InvalidCompression(what) if stored => {
+            Error::internal(format!("a stored part's zstd frames do not decode: {what}"))
+        }
+        e => e,
+    }
 }
 
 /// What a decoder's error means for the client.
@@ -465,12 +482,27 @@ impl Verifier {
         };
         Ok(Verifier {
             next: 1,
+            plain_frames: false,
             file_sha: Sha256::new(),
             file_bytes: 0,
             pipeline,
             out_path,
             buf: vec![0u8; read_buffer(nar_size)],
         })
+    }
+
+    /// A fresh verifier of a plain upload whose parts the server kept as
+    /// zstd frames ([`crate::db::uploads::StoredPart`]): it reads the
+    /// frames, as for a zstd upload, and judges the NAR they hold as sent.
+    pub fn plain_frames(nar_size: u64) -> Result<Verifier> {
+        let mut v = Verifier::new(Compression::Zstd, nar_size, Path::new(""), 0)?;
+        v.plain_frames = true;
+        Ok(v)
+    }
+
+    /// Whether parts are read as the server's stored frames.
+    pub fn takes_frames(&self) -> bool {
+        self.plain_frames
     }
 
     /// A fresh verifier of a chunked upload, reading held frames from
@@ -480,6 +512,7 @@ impl Verifier {
         let pipe = super::chunked::ChunkedPipe::new(store)?;
         Ok(Verifier {
             next: 1,
+            plain_frames: false,
             file_sha: Sha256::new(),
             file_bytes: 0,
             pipeline: Pipeline::Chunked(Box::new(pipe), NarStage::start(sink)?),
@@ -533,6 +566,11 @@ impl Verifier {
     }
 
     fn feed(&mut self, data: &[u8]) -> Result<()> {
+        let stored = self.plain_frames;
+        self.feed_pipeline(data).map_err(|e| own_frames(stored, e))
+    }
+
+    fn feed_pipeline(&mut self, data: &[u8]) -> Result<()> {
         // A chunked upload's file is its frames in manifest order, which
         // the pipe hashes itself; a plain upload's is its NAR, which the
         // NAR check hashes.
@@ -568,7 +606,18 @@ impl Verifier {
     /// Ends the stream and returns what was seen. Structure errors (a
     /// truncated NAR or zstd frame) are reported here.
     pub fn finish(self) -> Result<Verdict> {
-        let plain = matches!(self.pipeline, Pipeline::Plain(..));
+        let stored = self.plain_frames;
+        self.finish_pipeline().map_err(|e| own_frames(stored, e))
+    }
+
+    fn finish_pipeline(self) -> Result<Verdict> {
+        let plain = matches!(self.pipeline, Pipeline::Plain(..)) || self.plain_frames;
+        let frames_file = self.plain_frames.then(|| {
+            (
+                Sha256Hash(self.file_sha.clone().finalize().into()),
+                self.file_bytes,
+            )
+        });
         let mut upload_hash = Sha256Hash(self.file_sha.finalize().into());
         let mut chunked = None;
         let stage = match self.pipeline {
@@ -639,10 +688,16 @@ impl Verifier {
             nar_hash,
             nar_size,
             upload_hash,
-            upload_size: self.file_bytes,
+            // What was sent: for stored frames, the NAR itself.
+            upload_size: if frames_file.is_some() {
+                nar_size
+            } else {
+                self.file_bytes
+            },
             compressed,
             listing,
             layout: chunked,
+            frames_file,
         })
     }
 }

@@ -215,3 +215,53 @@ fn xz_is_decoded_checked_and_stored_as_zstd() {
         .unwrap();
     assert!(matches!(e, Error::InvalidCompression(_)), "{e:?}");
 }
+
+/// A plain NAR compressed part by part as the receive path does it (each
+/// part its own frames), folded from the frames: judged as the NAR sent,
+/// with the frames' SHA-256 and size as the stored file; a small NAR is
+/// checked on the caller's thread, a large one on the second stage.
+#[test]
+fn plain_parts_kept_as_frames_are_judged_as_sent() {
+    for len in [10_000usize, 5_000_000] {
+        let nar = nar(len);
+        let hash = Sha256Hash(Sha256::digest(&nar).into());
+        let parts: Vec<Vec<u8>> = nar
+            .chunks(1_500_000)
+            .map(|p| {
+                let mut w = super::super::compress::FrameWriter::new(Vec::new(), 3).unwrap();
+                w.write_all(p).unwrap();
+                w.finish().unwrap()
+            })
+            .collect();
+        let mut v = Verifier::plain_frames(nar.len() as u64).unwrap();
+        assert!(v.takes_frames());
+        for p in &parts {
+            v.fold(&p[..], "", Path::new("")).unwrap();
+        }
+        let v = v.finish().unwrap();
+        let frames: Vec<u8> = parts.concat();
+        assert_eq!((v.nar_hash, v.nar_size), (hash, nar.len() as u64), "{len}");
+        // What was sent is the NAR; what is stored is the frames.
+        assert_eq!((v.upload_hash, v.upload_size), (hash, nar.len() as u64));
+        let stored = v.frames_file.unwrap();
+        assert_eq!(stored.0, Sha256Hash(Sha256::digest(&frames).into()));
+        assert_eq!(stored.1, frames.len() as u64);
+        assert!(v.compressed.is_none(), "nothing is written at verify time");
+        assert!(v.listing.is_some());
+    }
+    // The NAR sent is judged: a cut NAR is a verdict, not a fault.
+    let nar = nar(10_000);
+    let frames = zstd::bulk::compress(&nar[..5_000], 3).unwrap();
+    let mut v = Verifier::plain_frames(nar.len() as u64).unwrap();
+    v.fold(&frames[..], "", Path::new("")).unwrap();
+    let e = v.finish().err().unwrap();
+    assert!(e.is_verdict(), "{e:?}");
+    // Frames of the server's own that do not decode are a fault.
+    let mut v = Verifier::plain_frames(nar.len() as u64).unwrap();
+    let e = v
+        .fold(&b"not zstd at all"[..], "", Path::new(""))
+        .and_then(|()| v.finish().map(|_| ()))
+        .err()
+        .unwrap();
+    assert!(!e.is_verdict(), "{e:?}");
+}
