@@ -378,6 +378,65 @@ fn a_batch_crashed_at_each_step_publishes_when_sent_again() {
     }
 }
 
+/// Plain uploads whose parts an earlier version kept as sent (rewritten
+/// so here, with the server down: the raw bytes, and a row without a
+/// stored blob) still publish. Part 1 kept as sent: later parts, kept as
+/// frames, are decoded and the NAR is compressed at `complete`, as before.
+/// Part 1 kept as frames and a later part as sent: that part is asked for
+/// again, and kept as frames this time.
+#[test]
+fn plain_parts_kept_as_sent_by_an_earlier_version_still_publish() {
+    let h = Harness::new();
+    let first = Upload::new("older-first", "none");
+    let later = Upload::new("older-later", "none");
+    let (a, b) = {
+        let _s = h.serve(None);
+        let a = first.create(&h);
+        let b = later.create(&h);
+        for (id, up, n) in [(&a, &first, 1), (&b, &later, 1), (&b, &later, 3)] {
+            let r = h
+                .call(
+                    "PUT",
+                    &format!("/_api/v1/uploads/{id}/parts/{n}"),
+                    Body::Bytes(up.parts[n - 1].clone()),
+                )
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        (a, b)
+    };
+    let db = rusqlite::Connection::open(h.dir.path().join("ferry.db")).unwrap();
+    for (id, up, n) in [(&a, &first, 1), (&b, &later, 3)] {
+        let file = h.dir.path().join(format!("uploads/{id}/{n}.part"));
+        let kept = std::fs::read(&file).unwrap();
+        assert_ne!(kept, up.parts[n - 1], "a plain part is kept as frames");
+        assert_eq!(zstd::decode_all(&kept[..]).unwrap(), up.parts[n - 1]);
+        std::fs::write(&file, &up.parts[n - 1]).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE upload_parts SET blob = NULL, blob_size = NULL
+                 WHERE upload_id = ?1 AND n = ?2 AND blob IS NOT NULL",
+                rusqlite::params![id, n as i64],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    drop(db);
+    let _s = h.serve(None);
+    for (id, up) in [(&a, &first), (&b, &later)] {
+        let mut rounds = 0;
+        while !up.resume(&h, id).unwrap() {
+            rounds += 1;
+            assert!(rounds < 50, "{id}: the upload never committed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        up.check_served(&h);
+    }
+    h.gc_ok();
+    let (listed, files) = h.blobs();
+    assert_eq!(listed, files, "blob store and database disagree");
+}
+
 /// Publishes `up` through a running server.
 fn publish(h: &Harness, up: &Upload) {
     let id = up.create(h);
