@@ -339,14 +339,11 @@ fn batch_body(nars: &[Nar]) -> Vec<u8> {
 /// the blobs the database lists.
 #[test]
 fn a_batch_crashed_at_each_step_publishes_when_sent_again() {
-    for point in [
-        "part.after_write",
-        "part.after_rename",
-        "publish.after_verdict",
-        "publish.after_claim",
-        "publish.after_adopt",
-        "publish.after_commit",
-    ] {
+    // Every point of an upload's path (GC's own are not on it).
+    for &point in ferry::crash::POINTS
+        .iter()
+        .filter(|p| !p.starts_with("gc."))
+    {
         let h = Harness::new();
         let nars: Vec<Nar> = (0..2)
             .map(|i| Nar::new(&format!("batch-{i}-{}", point.replace('.', "-")), 64 << 10))
