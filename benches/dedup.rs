@@ -29,7 +29,8 @@
 //!    goal is ingest time ≤ max of the two / 0.8.
 //!
 //! Run: `cargo bench --bench dedup`. Knobs: `FERRY_BENCH_DEDUP_MIB`
-//! (default 1024), `FERRY_BENCH_DEDUP_STEPS` (default `1,2,3,4`). Needs Nix (single-user, as root here; the bench sets
+//! (default 1024), `FERRY_BENCH_DEDUP_STEPS` (default `1,2,3,4`),
+//! `FERRY_BENCH_PART_MIB` (step 4's part size, default 64). Needs Nix (single-user, as root here; the bench sets
 //! its own `NIX_CONFIG`) and nginx. The store paths it builds are deleted
 //! at the end.
 
@@ -342,7 +343,7 @@ fn ingest(w: &Path, nar: &[u8], proxied: bool) -> Ingested {
             send += v["send"].as_array().map_or(0, |a| a.len());
         }
         assert_eq!(send, chunks.len(), "a fresh server holds nothing");
-        let part = 64 << 20;
+        let part = env_num("FERRY_BENCH_PART_MIB", 64) << 20;
         let parts = wire.len().div_ceil(part);
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
         let mut tasks = tokio::task::JoinSet::new();
