@@ -36,6 +36,35 @@ pub enum Whole {
     Verifying { id: String },
 }
 
+/// Marks an upload as one-request while it lives; unmarked on drop, also
+/// when the request is dropped halfway (its client went away).
+struct OneRequest<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl<'a> OneRequest<'a> {
+    fn mark(engine: &'a Engine, id: &str) -> Result<OneRequest<'a>> {
+        engine
+            .one_request
+            .lock()
+            .map_err(Error::internal)?
+            .insert(id.to_owned());
+        Ok(OneRequest {
+            engine,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for OneRequest<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.engine.one_request.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
 impl Engine {
     /// Creates an upload of `new`, takes `bytes` (the whole NAR, in the
     /// declared compression) as its only part, and completes it, waiting
@@ -55,15 +84,8 @@ impl Engine {
             Created::Committed { nar_hash } => return Ok(Whole::Present { nar_hash }),
             Created::Upload { id, .. } => id,
         };
-        self.one_request
-            .lock()
-            .map_err(Error::internal)?
-            .insert(id.clone());
-        let outcome = self.put_whole_bytes(&id, bytes, wait).await;
-        if let Ok(mut set) = self.one_request.lock() {
-            set.remove(&id);
-        }
-        outcome
+        let _marked = OneRequest::mark(self, &id)?;
+        self.put_whole_bytes(&id, bytes, wait).await
     }
 
     /// Part 1 and `complete` of the one-request upload `id`.
