@@ -25,6 +25,15 @@ fn init_tracing(format: &str) {
     };
 }
 
+/// A server error for the operator: its sentence, and beneath a fault the
+/// OS or database wording.
+fn with_detail(e: ferry::error::Error) -> anyhow::Error {
+    match e.log_detail() {
+        Some(detail) => anyhow::anyhow!("{e} ({detail})"),
+        None => anyhow::anyhow!("{e}"),
+    }
+}
+
 /// `ferry gc`: one collection against the data dir, then a report.
 pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
     ferry::crash::arm_from_env().map_err(anyhow::Error::msg)?;
@@ -43,10 +52,7 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
         let report = service::collector(&opened.state, &cfg)
             .run()
             .await
-            .map_err(|e| match e.log_detail() {
-                Some(detail) => anyhow::anyhow!("{e} ({detail})"),
-                None => anyhow::anyhow!("{e}"),
-            })?;
+            .map_err(with_detail)?;
         println!("{}", serde_json::to_string(&report)?);
         Ok(())
     })
@@ -82,13 +88,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "ferry is serving");
         let engine = opened.state.engine.clone();
-        engine
-            .resume_verifying()
-            .await
-            .map_err(|e| match e.log_detail() {
-                Some(detail) => anyhow::anyhow!("{e} ({detail})"),
-                None => anyhow::anyhow!("{e}"),
-            })?;
+        engine.resume_verifying().await.map_err(with_detail)?;
         let collector = std::sync::Arc::new(service::collector(&opened.state, &cfg));
         // Disk and database agree before anything is served.
         if let Err(e) = collector.reconcile().await {

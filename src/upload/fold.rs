@@ -44,7 +44,7 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// Part `p` of upload `id`, kept at `path`.
+    /// Part `p`, its file at `path`.
     pub(super) fn of(p: &uploads::PartRow, path: PathBuf) -> Source {
         Source {
             n: p.n,

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::Engine;
 use super::compress::FrameWriter;
+use super::verifier::Compression;
 use crate::db::Commit;
 use crate::db::uploads::{self, PartRow, StoredPart, UploadState};
 use crate::error::{Error, Result};
@@ -362,7 +363,8 @@ impl Engine {
         let durable = !self.store.shared();
         // A plain NAR's part is kept as zstd frames: the stored file is
         // written once, as it arrives (see `StoredPart`).
-        let frames = (row.compression == "none").then_some(self.cfg.zstd_level);
+        let plain = Compression::parse(&row.compression) == Some(Compression::None);
+        let frames = plain.then_some(self.cfg.zstd_level);
         let (received, broke) = match write_stream(&tmp, body, limit, alg, frames, durable).await {
             Ok(r) => r,
             Err(e) => {

@@ -369,7 +369,7 @@ pub struct Verdict {
 /// The I/O buffer for an upload of a `nar_size` NAR: 1 MiB, or less for
 /// a small NAR (a buffer is zeroed when made: 1 MiB for a 2 KiB path
 /// costs more than the path).
-fn read_buffer(nar_size: u64) -> usize {
+fn io_buffer(nar_size: u64) -> usize {
     (nar_size.max(4096) as usize).min(1 << 20)
 }
 
@@ -466,7 +466,7 @@ impl Verifier {
             }
             Compression::None | Compression::Xz => {
                 let file = FileSink {
-                    out: BufWriter::with_capacity(read_buffer(nar_size), File::create(out_path)?),
+                    out: BufWriter::with_capacity(io_buffer(nar_size), File::create(out_path)?),
                     sha: Sha256::new(),
                     blake: blake3::Hasher::new(),
                     bytes: 0,
@@ -487,7 +487,7 @@ impl Verifier {
             file_bytes: 0,
             pipeline,
             out_path,
-            buf: vec![0u8; read_buffer(nar_size)],
+            buf: vec![0u8; io_buffer(nar_size)],
         })
     }
 
@@ -611,14 +611,12 @@ impl Verifier {
     }
 
     fn finish_pipeline(self) -> Result<Verdict> {
+        // What was sent is the NAR itself for a plain upload (whose file
+        // is then the server's: frames kept as parts arrived, or written
+        // here).
         let plain = matches!(self.pipeline, Pipeline::Plain(..)) || self.plain_frames;
-        let frames_file = self.plain_frames.then(|| {
-            (
-                Sha256Hash(self.file_sha.clone().finalize().into()),
-                self.file_bytes,
-            )
-        });
-        let mut upload_hash = Sha256Hash(self.file_sha.finalize().into());
+        let file = (Sha256Hash(self.file_sha.finalize().into()), self.file_bytes);
+        let frames_file = self.plain_frames.then_some(file);
         let mut chunked = None;
         let stage = match self.pipeline {
             Pipeline::Chunked(pipe, mut stage) => match pipe.finish(&mut stage) {
@@ -658,9 +656,7 @@ impl Verifier {
             });
         }
         let nar_hash = Sha256Hash(sink.sha.finalize().into());
-        if plain {
-            upload_hash = nar_hash;
-        }
+        let (upload_hash, upload_size) = if plain { (nar_hash, nar_size) } else { file };
         let listing = match sink
             .validator
             .finish_listing()
@@ -688,12 +684,7 @@ impl Verifier {
             nar_hash,
             nar_size,
             upload_hash,
-            // What was sent: for stored frames, the NAR itself.
-            upload_size: if frames_file.is_some() {
-                nar_size
-            } else {
-                self.file_bytes
-            },
+            upload_size,
             compressed,
             listing,
             layout: chunked,
