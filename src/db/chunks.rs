@@ -7,6 +7,8 @@
 //! `chunk_frames` row says where in which blob a chunk's frame lies, and
 //! goes with its blob.
 
+use std::collections::{HashMap, HashSet};
+
 use super::{Conn, params};
 use crate::error::Result;
 
@@ -94,12 +96,15 @@ pub fn manifest_from(conn: &Conn<'_>, upload: &str, from: u64, limit: u64) -> Re
     )
 }
 
-/// Whether the manifest has an entry for `blake3` already.
-pub fn in_manifest(conn: &Conn<'_>, upload: &str, blake3: &str) -> Result<bool> {
-    conn.exists(
-        "SELECT 1 FROM upload_manifest WHERE upload_id = ?1 AND blake3 = ?2",
-        params![upload, blake3],
-    )
+/// Of `hashes`, those the manifest has an entry for already.
+pub fn in_manifest(conn: &Conn<'_>, upload: &str, hashes: &[String]) -> Result<HashSet<String>> {
+    let found = conn.query_in(
+        "SELECT blake3 FROM upload_manifest WHERE upload_id = ?1 AND blake3 IN (",
+        params![upload],
+        hashes,
+        |r| r.get::<String>(0),
+    )?;
+    Ok(found.into_iter().collect())
 }
 
 /// Appends an entry.
@@ -126,37 +131,53 @@ pub fn insert_entry(conn: &Conn<'_>, upload: &str, e: &Entry) -> Result<()> {
     Ok(())
 }
 
-/// The stored frames of chunk `blake3` in files of published NARs, with
-/// the caches publishing them (one row per frame and cache).
-pub fn holders(conn: &Conn<'_>, blake3: &str) -> Result<Vec<Holder>> {
-    conn.query_all(
-        "SELECT DISTINCT f.blob, f.frame_offset, f.csize, f.size, c.name, c.public
+/// The stored frames of the chunks `hashes` in files of published NARs,
+/// with the caches publishing them (one holder per frame and cache), by
+/// chunk.
+pub fn holders(conn: &Conn<'_>, hashes: &[String]) -> Result<HashMap<String, Vec<Holder>>> {
+    let rows = conn.query_in(
+        "SELECT DISTINCT f.blake3, f.blob, f.frame_offset, f.csize, f.size, c.name, c.public
          FROM chunk_frames f
          JOIN nar_chunks nc ON nc.blob = f.blob
          JOIN paths p ON p.nar_id = nc.nar_id
          JOIN caches c ON c.id = p.cache_id
-         WHERE f.blake3 = ?1",
-        params![blake3],
+         WHERE f.blake3 IN (",
+        &[],
+        hashes,
         |r| {
-            Ok(Holder {
-                blob: r.get(0)?,
-                offset: r.get::<i64>(1)? as u64,
-                csize: r.get::<i64>(2)? as u64,
-                size: r.get::<i64>(3)? as u64,
-                cache: r.get(4)?,
-                public: r.get(5)?,
-            })
+            let holder = Holder {
+                blob: r.get(1)?,
+                offset: r.get::<i64>(2)? as u64,
+                csize: r.get::<i64>(3)? as u64,
+                size: r.get::<i64>(4)? as u64,
+                cache: r.get(5)?,
+                public: r.get(6)?,
+            };
+            Ok((r.get::<String>(0)?, holder))
         },
-    )
+    )?;
+    let mut by_chunk: HashMap<String, Vec<Holder>> = HashMap::new();
+    for (blake3, holder) in rows {
+        by_chunk.entry(blake3).or_default().push(holder);
+    }
+    Ok(by_chunk)
 }
 
-/// Whether blob `blob` still holds the frame of `blake3` (checked under
-/// the writer, as GC deletes blobs there).
-pub fn frame_exists(conn: &Conn<'_>, blake3: &str, blob: &str) -> Result<bool> {
-    conn.exists(
-        "SELECT 1 FROM chunk_frames WHERE blake3 = ?1 AND blob = ?2",
-        params![blake3, blob],
-    )
+/// Of the frames `(blake3, blob)` asked about, those still recorded
+/// (checked under the writer, as GC deletes blobs there).
+pub fn frames_exist(
+    conn: &Conn<'_>,
+    asked: &[(String, String)],
+) -> Result<HashSet<(String, String)>> {
+    let hashes: Vec<&str> = asked.iter().map(|(h, _)| h.as_str()).collect();
+    let rows = conn.query_in(
+        "SELECT blake3, blob FROM chunk_frames WHERE blake3 IN (",
+        &[],
+        &hashes,
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
+    let asked: HashSet<&(String, String)> = asked.iter().collect();
+    Ok(rows.into_iter().filter(|f| asked.contains(f)).collect())
 }
 
 /// Records where the frames of new chunks are: (blake3, blob, offset,

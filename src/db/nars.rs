@@ -180,37 +180,20 @@ pub fn has_path(conn: &Conn<'_>, cache_id: i64, hash_part: &str) -> Result<bool>
     )
 }
 
-/// Hash parts asked about per query of [`present`].
-const PRESENT_BATCH: usize = 500;
-
-/// Of `hash_parts`, those the cache has: one query per [`PRESENT_BATCH`]
-/// (the last batch padded with its own last entry, so every query is
-/// the one prepared statement), not one per path.
+/// Of `hash_parts`, those the cache has: one query per
+/// [`crate::db::sql::IN_BATCH`] paths, not one per path.
 pub fn present(
     conn: &Conn<'_>,
     cache_id: i64,
     hash_parts: &[String],
 ) -> Result<std::collections::HashSet<String>> {
-    let sql = {
-        let marks: Vec<String> = (0..PRESENT_BATCH).map(|i| format!("?{}", i + 2)).collect();
-        format!(
-            "SELECT hash_part FROM paths WHERE cache_id = ?1 AND hash_part IN ({})",
-            marks.join(", ")
-        )
-    };
-    let mut out = std::collections::HashSet::new();
-    for batch in hash_parts.chunks(PRESENT_BATCH) {
-        let last = &batch[batch.len() - 1];
-        let mut params: Vec<&dyn crate::db::sql::Param> = Vec::with_capacity(PRESENT_BATCH + 1);
-        params.push(&cache_id);
-        for i in 0..PRESENT_BATCH {
-            params.push(batch.get(i).unwrap_or(last));
-        }
-        for h in conn.query_all(&sql, &params, |r| r.get::<String>(0))? {
-            out.insert(h);
-        }
-    }
-    Ok(out)
+    let found = conn.query_in(
+        "SELECT hash_part FROM paths WHERE cache_id = ?1 AND hash_part IN (",
+        params![cache_id],
+        hash_parts,
+        |r| r.get::<String>(0),
+    )?;
+    Ok(found.into_iter().collect())
 }
 
 /// The NAR a cache serves under this file hash (`sha256:<nix32>`), with

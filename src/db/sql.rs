@@ -436,7 +436,39 @@ impl<'a> Conn<'a> {
     pub fn exists(&self, sql: &str, params: &[&dyn Param]) -> Result<bool> {
         Ok(self.query_opt(sql, params, |_| Ok(()))?.is_some())
     }
+
+    /// Every row of `sql` for many `keys`, [`IN_BATCH`] keys per query:
+    /// `sql` ends in `IN (` and the placeholders for a batch of keys
+    /// follow the `fixed` parameters. The last batch is padded with its
+    /// own last key, so every query is the one prepared statement.
+    pub fn query_in<T, K: Param>(
+        &self,
+        sql: &str,
+        fixed: &[&dyn Param],
+        keys: &[K],
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let marks: Vec<String> = (0..IN_BATCH)
+            .map(|i| format!("?{}", fixed.len() + i + 1))
+            .collect();
+        let sql = format!("{sql}{})", marks.join(", "));
+        let mut out = Vec::new();
+        for batch in keys.chunks(IN_BATCH) {
+            let last = &batch[batch.len() - 1];
+            let mut params: Vec<&dyn Param> = Vec::with_capacity(fixed.len() + IN_BATCH);
+            params.extend_from_slice(fixed);
+            for i in 0..IN_BATCH {
+                params.push(batch.get(i).unwrap_or(last));
+            }
+            out.extend(self.query_all(&sql, &params, &mut f)?);
+        }
+        Ok(out)
+    }
 }
+
+/// Keys per query of [`Conn::query_in`]: far under SQLite's limit of
+/// 32 766 parameters and PostgreSQL's 65 535.
+pub const IN_BATCH: usize = 500;
 
 #[cfg(test)]
 mod tests {
@@ -483,6 +515,44 @@ mod tests {
             !conn
                 .exists("SELECT 1 FROM t WHERE i = ?1", params![8])
                 .unwrap()
+        );
+    }
+
+    #[test]
+    fn query_in_asks_in_batches_and_finds_every_key_once() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let conn = Conn::sqlite(&c);
+        conn.execute_batch("CREATE TABLE t (g INTEGER, k TEXT)")
+            .unwrap();
+        // Keys 0, 3, 6, … of group 1; the same keys in group 2.
+        for g in [1i64, 2] {
+            for k in (0..1500).step_by(3) {
+                conn.execute("INSERT INTO t VALUES (?1, ?2)", params![g, format!("k{k}")])
+                    .unwrap();
+            }
+        }
+        let ask = |keys: &[String]| {
+            let mut got = conn
+                .query_in(
+                    "SELECT k FROM t WHERE g = ?1 AND k IN (",
+                    params![1i64],
+                    keys,
+                    |r| r.get::<String>(0),
+                )
+                .unwrap();
+            got.sort();
+            got
+        };
+        assert!(ask(&[]).is_empty());
+        // Three batches, the last one short and padded: each key found
+        // once, only in the group asked about.
+        let keys: Vec<String> = (0..1201).map(|k| format!("k{k}")).collect();
+        let mut want: Vec<String> = (0..1201).step_by(3).map(|k| format!("k{k}")).collect();
+        want.sort();
+        assert_eq!(ask(&keys), want);
+        assert_eq!(
+            ask(&["k3".to_string(), "k4".to_string()]),
+            vec!["k3".to_string()]
         );
     }
 }

@@ -77,16 +77,13 @@ impl Engine {
         }
         // Frames the uploader may reuse, found before the writer is taken
         // (and checked again under it).
-        let wanted: HashSet<String> = decls.iter().map(|d| d.blake3.clone()).collect();
-        let candidates: Vec<(String, Vec<Holder>)> = self
-            .db
-            .call(move |c| {
-                wanted
-                    .into_iter()
-                    .map(|h| Ok((h.clone(), chunks::holders(c, &h)?)))
-                    .collect()
-            })
-            .await?;
+        let wanted: Vec<String> = decls
+            .iter()
+            .map(|d| d.blake3.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let candidates = self.db.call(move |c| chunks::holders(c, &wanted)).await?;
         let held: HashMap<String, Holder> = candidates
             .into_iter()
             .filter_map(|(h, holders)| {
@@ -120,7 +117,18 @@ impl Engine {
                     return Err(Error::ManifestConflict { expected: len });
                 }
                 let mut total = chunks::manifest_bytes(tx, &key)?;
-                let mut seen = HashSet::new();
+                // What the batch needs to know, asked once for all of it.
+                let hashes: Vec<String> = decls.iter().map(|d| d.blake3.clone()).collect();
+                let mut seen = chunks::in_manifest(tx, &key, &hashes)?;
+                let reusable: Vec<(String, String)> = decls
+                    .iter()
+                    .filter_map(|d| {
+                        let h = held.get(&d.blake3).filter(|h| h.size == d.size)?;
+                        Some((d.blake3.clone(), h.blob.clone()))
+                    })
+                    .collect();
+                let still = chunks::frames_exist(tx, &reusable)?;
+                let mut claimed = HashSet::new();
                 let mut send = vec![];
                 for (k, d) in decls.into_iter().enumerate() {
                     let idx = from + k as u64;
@@ -130,23 +138,25 @@ impl Engine {
                             "chunk {idx}: the chunks add up to more than nar_size ({nar_size})"
                         )));
                     }
-                    let reusable = held.get(&d.blake3).filter(|h| h.size == d.size);
-                    let (source, csize) =
-                        if seen.contains(&d.blake3) || chunks::in_manifest(tx, &key, &d.blake3)? {
-                            (Source::Repeat, d.csize)
-                        } else if let Some(h) = reusable
-                            && chunks::frame_exists(tx, &d.blake3, &h.blob)?
-                        {
+                    let reusable = held
+                        .get(&d.blake3)
+                        .filter(|h| h.size == d.size)
+                        .filter(|h| still.contains(&(d.blake3.clone(), h.blob.clone())));
+                    let (source, csize) = if seen.contains(&d.blake3) {
+                        (Source::Repeat, d.csize)
+                    } else if let Some(h) = reusable {
+                        if claimed.insert(h.blob.clone()) {
                             blobs::claim_existing(tx, &key, &h.blob)?;
-                            let source = Source::Held {
-                                blob: h.blob.clone(),
-                                offset: h.offset,
-                            };
-                            (source, h.csize)
-                        } else {
-                            send.push(idx);
-                            (Source::Sent, d.csize)
+                        }
+                        let source = Source::Held {
+                            blob: h.blob.clone(),
+                            offset: h.offset,
                         };
+                        (source, h.csize)
+                    } else {
+                        send.push(idx);
+                        (Source::Sent, d.csize)
+                    };
                     chunks::insert_entry(
                         tx,
                         &key,
