@@ -48,7 +48,7 @@ pub use chunked::FrameAt;
 pub use manifest::MAX_BATCH as MAX_CHUNK_BATCH;
 pub use receive::{DigestAlgorithm, ExpectedDigest, PartRules};
 pub use verifier::Compression;
-pub use whole::Whole;
+pub use whole::{ONE_REQUEST_EXPIRY, Whole};
 
 /// The `compression` of a bucket upload (parts only, never verified).
 pub const BUCKET: &str = "bucket";
@@ -420,6 +420,19 @@ impl Engine {
         commit: Commit,
     ) -> Result<(String, i64)> {
         let id = uuid::Uuid::now_v7().to_string();
+        // A one-request upload (the only kind whose steps commit
+        // deferred) is never resumed: its client sends the bytes again.
+        // One cut off by a crash or a dropped request expires soon, and
+        // stops counting against its token's open uploads.
+        let expires_at = match commit {
+            Commit::Deferred => {
+                db::now()
+                    + whole::ONE_REQUEST_EXPIRY
+                        .min(self.cfg.upload_expiry)
+                        .as_secs() as i64
+            }
+            Commit::Durable => self.expiry_from_now(),
+        };
         let row = match new {
             Some(new) => UploadRow {
                 id: id.clone(),
@@ -433,7 +446,7 @@ impl Engine {
                 total_parts: None,
                 error: None,
                 created_at: db::now(),
-                expires_at: self.expiry_from_now(),
+                expires_at,
             },
             None => UploadRow {
                 id: id.clone(),
@@ -447,10 +460,9 @@ impl Engine {
                 total_parts: None,
                 error: None,
                 created_at: db::now(),
-                expires_at: self.expiry_from_now(),
+                expires_at,
             },
         };
-        let expires_at = row.expires_at;
         // The row first, then its directory: a directory without a row is
         // a leftover that GC may sweep.
         let quota = self.cfg.max_open_uploads_per_token;
@@ -529,10 +541,13 @@ impl Engine {
         // Activity moves the expiry forward; written only when it would
         // move by more than the slack, so most reads of an upload's state
         // are not database writes.
+        // A one-request upload keeps its short expiry while its request
+        // runs (see `open`).
         if let Some(r) = &row
             && r.expires_at > db::now()
             && r.state != UploadState::Committed
             && r.expires_at < expires - self.touch_slack()
+            && self.step_commit(id) == Commit::Durable
         {
             let key = id.to_owned();
             self.db

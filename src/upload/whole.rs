@@ -24,6 +24,12 @@ use crate::db::caches::CacheRow;
 use crate::db::uploads;
 use crate::error::{Error, Result};
 
+/// How long a one-request upload lives unless it is answered `verifying`
+/// (then it gets the usual expiry, for its client to poll). Nobody
+/// resumes one, so one left open by a crash or a dropped request goes at
+/// the next sweep after this.
+pub const ONE_REQUEST_EXPIRY: Duration = Duration::from_secs(15 * 60);
+
 /// What a one-request upload came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Whole {
@@ -111,10 +117,15 @@ impl Engine {
             Ok(Completion::Verifying) => {
                 // The client is given the id to poll: from here the upload
                 // is a promise, so its deferred steps go to disk, with a
-                // durable renewal of its lease (its sync covers them).
+                // durable renewal of its lease (its sync covers them), and
+                // it gets the usual expiry.
                 let (key, until) = (id.to_owned(), super::finish::lease_until());
+                let expires = self.expiry_from_now();
                 self.db
-                    .write(move |tx| uploads::renew_lease(tx, &key, until))
+                    .write(move |tx| {
+                        uploads::renew_lease(tx, &key, until)?;
+                        uploads::touch(tx, &key, expires)
+                    })
                     .await?;
                 Ok(Whole::Verifying { id: id.to_owned() })
             }
