@@ -309,6 +309,9 @@ pub struct GcStatus {
     pub uploads_removed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_freed: Option<u64>,
+    /// Deletions that failed (the next run tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
 }
 
 /// Parses a `Content-Digest` header value; picks the first algorithm we

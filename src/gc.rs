@@ -17,7 +17,11 @@
 //!    The grace protects only files the database does not know yet.
 //!
 //! Every step works on the whole backlog in one pass: there is no batch
-//! size that could leave work behind. A finished run is recorded in the
+//! size that could leave work behind. A file or directory that cannot be
+//! deleted is logged, counted (`failed`) and left for the next run; the
+//! step goes on with the others, and stops only after
+//! [`FAILED_IN_A_ROW`] failures in a row (then the disk or the bucket is
+//! failing, not one file). A finished run is recorded in the
 //! database (`gc_last_run`, shown by the status page), whether the server
 //! or `ferry gc` ran it.
 
@@ -80,6 +84,43 @@ pub struct Report {
     pub bytes_freed: u64,
     /// Store files and upload directories no row knew, swept.
     pub leftovers_removed: u64,
+    /// Deletions that failed (each logged); the next run tries again.
+    pub failed: u64,
+}
+
+/// Deletions in a row that may fail before a step stops with the error.
+pub const FAILED_IN_A_ROW: u32 = 8;
+
+/// The deletions of one step that failed.
+#[derive(Default)]
+pub(crate) struct Failed {
+    pub total: u64,
+    in_a_row: u32,
+}
+
+impl Failed {
+    /// Deleting `what` failed with `e`: logged and counted; the error
+    /// back when too many failed in a row.
+    pub(crate) fn note(&mut self, what: &str, e: impl Into<Error>) -> Result<()> {
+        let e = e.into();
+        self.total += 1;
+        self.in_a_row += 1;
+        tracing::warn!(
+            what,
+            error = %e,
+            cause = e.log_detail().unwrap_or_default(),
+            "could not delete it; the next collection tries again"
+        );
+        if self.in_a_row >= FAILED_IN_A_ROW {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A deletion succeeded.
+    pub(crate) fn done(&mut self) {
+        self.in_a_row = 0;
+    }
 }
 
 /// Everything a run needs.
@@ -104,13 +145,18 @@ impl Collector {
             .db
             .write(|tx| db::gc::expire_paths(tx, db::now()))
             .await?;
-        report.uploads_removed = self.engine.sweep_expired().await? as u64;
+        let (uploads, failed) = self.engine.sweep_expired().await?;
+        report.uploads_removed = uploads;
+        report.failed += failed;
         report.nars_removed = self.db.write(db::gc::delete_unpublished_nars).await?;
-        let (blobs, bytes) = self.delete_unreferenced().await?;
+        let (blobs, bytes, failed) = self.delete_unreferenced().await?;
         report.blobs_removed = blobs;
         report.bytes_freed = bytes;
-        report.leftovers_removed = self.sweep_unknown_blobs().await?
-            + self.engine.sweep_unknown_dirs(self.grace).await? as u64;
+        report.failed += failed;
+        let (files, failed) = self.sweep_unknown_blobs().await?;
+        let (dirs, failed_dirs) = self.engine.sweep_unknown_dirs(self.grace).await?;
+        report.leftovers_removed = files + dirs;
+        report.failed += failed + failed_dirs;
         self.metrics.gc(bytes);
         // For the status page; the run's work is done whether or not this
         // row is written.
@@ -127,21 +173,27 @@ impl Collector {
 
     /// Deletes the blobs no NAR and no upload refers to: each file, then
     /// its row, inside one write transaction, so nothing can claim a blob
-    /// between the check and the delete.
-    async fn delete_unreferenced(&self) -> Result<(u64, u64)> {
+    /// between the check and the delete. A file that cannot be deleted
+    /// keeps its row. Returns (blobs, bytes, failed).
+    async fn delete_unreferenced(&self) -> Result<(u64, u64, u64)> {
         let store = self.store.clone();
         self.db
             .write(move |tx| {
                 let (mut count, mut bytes) = (0, 0);
+                let mut failed = Failed::default();
                 for (id, size) in blobs::unreferenced(tx)? {
                     crate::crash_point!("gc.before_delete");
-                    store.delete(&id)?;
+                    if let Err(e) = store.delete(&id) {
+                        failed.note(&format!("blob {id}"), e)?;
+                        continue;
+                    }
+                    failed.done();
                     crate::crash_point!("gc.after_delete");
                     blobs::forget(tx, &id)?;
                     count += 1;
                     bytes += size;
                 }
-                Ok((count, bytes))
+                Ok((count, bytes, failed.total))
             })
             .await
     }
@@ -150,7 +202,7 @@ impl Collector {
     /// Each is checked again under the writer, since a publish records
     /// its blobs (under the writer) before it moves them in, and a part
     /// row (which also keeps its blob) is written after its copy.
-    async fn sweep_unknown_blobs(&self) -> Result<u64> {
+    async fn sweep_unknown_blobs(&self) -> Result<(u64, u64)> {
         let known = self.db.call(blobs::all).await?;
         let store = self.store.clone();
         let grace = self.grace;
@@ -167,26 +219,37 @@ impl Collector {
         .await
         .map_err(Error::internal)??;
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let store = self.store.clone();
         self.db
             .write(move |tx| {
                 let mut n = 0;
+                let mut failed = Failed::default();
                 let now = SystemTime::now();
                 for id in candidates {
                     // Written again since the listing (a part's copy in a
                     // shared store, about to get its row): young again.
-                    let young = store
-                        .modified(&id)?
-                        .is_some_and(|m| now.duration_since(m).map_or(true, |a| a < grace));
+                    let young = match store.modified(&id) {
+                        Ok(m) => {
+                            m.is_some_and(|m| now.duration_since(m).map_or(true, |a| a < grace))
+                        }
+                        Err(e) => {
+                            failed.note(&format!("store file {id}"), e)?;
+                            continue;
+                        }
+                    };
                     if !young && !blobs::is_known(tx, &id)? {
                         tracing::info!(blob = %id, "removing a store file no row knows");
-                        store.delete(&id)?;
+                        if let Err(e) = store.delete(&id) {
+                            failed.note(&format!("store file {id}"), e)?;
+                            continue;
+                        }
                         n += 1;
                     }
+                    failed.done();
                 }
-                Ok(n)
+                Ok((n, failed.total))
             })
             .await
     }

@@ -63,7 +63,7 @@ fn instances_starting_together_migrate_once() {
             "SELECT string_agg(name, ',' ORDER BY version) FROM ferry_schema"
         ),
         "0001_init,0002_revocations,0003_tus,0004_listings_logs,0005_blobs,\
-         0006_upload_owners,0007_cache_stats,0008_status,0009_shared_uploads,0010_chunks,0011_stored_parts"
+         0006_upload_owners,0007_cache_stats,0008_status,0009_shared_uploads,0010_chunks,0011_stored_parts,0012_gc_failed"
     );
     // A later start finds nothing to do.
     Db::connect(&url).unwrap();

@@ -54,6 +54,12 @@ pub fn gc(location: ServerLocation) -> anyhow::Result<()> {
             .await
             .map_err(with_detail)?;
         println!("{}", serde_json::to_string(&report)?);
+        if report.failed > 0 {
+            anyhow::bail!(
+                "{} deletion(s) failed (each is logged above); the rest of the collection ran, and the next run tries them again",
+                report.failed
+            );
+        }
         Ok(())
     })
 }

@@ -103,13 +103,13 @@ pub fn record_run(conn: &Conn<'_>, run: &LastRun) -> Result<()> {
     let r = &run.report;
     conn.execute(
         "INSERT INTO gc_last_run (id, started_at, finished_at, paths_expired,
-             uploads_removed, nars_removed, blobs_removed, bytes_freed, leftovers_removed)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             uploads_removed, nars_removed, blobs_removed, bytes_freed, leftovers_removed, failed)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,
              finished_at = excluded.finished_at, paths_expired = excluded.paths_expired,
              uploads_removed = excluded.uploads_removed, nars_removed = excluded.nars_removed,
              blobs_removed = excluded.blobs_removed, bytes_freed = excluded.bytes_freed,
-             leftovers_removed = excluded.leftovers_removed",
+             leftovers_removed = excluded.leftovers_removed, failed = excluded.failed",
         params![
             run.started_at,
             run.finished_at,
@@ -118,7 +118,8 @@ pub fn record_run(conn: &Conn<'_>, run: &LastRun) -> Result<()> {
             r.nars_removed as i64,
             r.blobs_removed as i64,
             r.bytes_freed as i64,
-            r.leftovers_removed as i64
+            r.leftovers_removed as i64,
+            r.failed as i64
         ],
     )?;
     Ok(())
@@ -129,7 +130,7 @@ pub fn last_run(conn: &Conn<'_>) -> Result<Option<LastRun>> {
     let n = |r: &super::Row<'_>, i| r.get::<i64>(i).map(|v| v as u64);
     conn.query_opt(
         "SELECT started_at, finished_at, paths_expired, uploads_removed, nars_removed,
-             blobs_removed, bytes_freed, leftovers_removed FROM gc_last_run WHERE id = 1",
+             blobs_removed, bytes_freed, leftovers_removed, failed FROM gc_last_run WHERE id = 1",
         &[],
         |r| {
             Ok(LastRun {
@@ -142,6 +143,7 @@ pub fn last_run(conn: &Conn<'_>) -> Result<Option<LastRun>> {
                     blobs_removed: n(r, 5)?,
                     bytes_freed: n(r, 6)?,
                     leftovers_removed: n(r, 7)?,
+                    failed: n(r, 8)?,
                 },
             })
         },

@@ -86,6 +86,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_stored_parts",
         include_str!("../../schema/postgres/0011_stored_parts.sql"),
     ),
+    (
+        "0012_gc_failed",
+        include_str!("../../schema/postgres/0012_gc_failed.sql"),
+    ),
 ];
 
 /// How many migrations there are (both engines have as many).

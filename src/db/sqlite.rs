@@ -61,6 +61,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0011_stored_parts",
         include_str!("../../schema/sqlite/0011_stored_parts.sql"),
     ),
+    (
+        "0012_gc_failed",
+        include_str!("../../schema/sqlite/0012_gc_failed.sql"),
+    ),
 ];
 
 /// How long a statement waits for a lock before it fails with `SQLITE_BUSY`.

@@ -9,12 +9,14 @@ use std::time::Duration;
 use super::{Engine, remove_dir_if_present};
 use crate::db::{self, uploads, uploads::UploadState};
 use crate::error::{Error, Result};
+use crate::gc::Failed;
 
 impl Engine {
     /// Removes upload directories that no open upload owns (leftovers of
     /// a crash), once older than `grace`. Each is checked again under the
     /// writer: an upload's row is written before its directory is made.
-    pub async fn sweep_unknown_dirs(&self, grace: Duration) -> Result<usize> {
+    /// Returns (removed, failed).
+    pub async fn sweep_unknown_dirs(&self, grace: Duration) -> Result<(u64, u64)> {
         let root = self.uploads_dir.clone();
         let candidates = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
             let mut out = vec![];
@@ -38,11 +40,12 @@ impl Engine {
         .await
         .map_err(Error::internal)??;
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         self.db
             .write(move |tx| {
                 let mut n = 0;
+                let mut failed = Failed::default();
                 for dir in candidates {
                     let id = dir
                         .file_name()
@@ -56,37 +59,54 @@ impl Engine {
                     });
                     if settled {
                         tracing::info!(upload = %id, "removing a leftover upload directory");
-                        remove_dir_if_present(&dir)?;
+                        if let Err(e) = remove_dir_if_present(&dir) {
+                            failed.note(&format!("upload directory {}", dir.display()), e)?;
+                            continue;
+                        }
+                        failed.done();
                         n += 1;
                     }
                 }
-                Ok(n)
+                Ok((n, failed.total))
             })
             .await
     }
 
     /// Removes every upload past its expiry, and staged Nix uploads whose
-    /// narinfo never came. Returns how many uploads were removed.
-    pub async fn sweep_expired(&self) -> Result<usize> {
+    /// narinfo never came. Returns how many uploads were removed, and how
+    /// many could not be.
+    pub async fn sweep_expired(&self) -> Result<(u64, u64)> {
         let ids = self.db.call(|c| uploads::expired(c, db::now())).await?;
+        let mut failed = Failed::default();
+        let mut removed = 0;
         for id in &ids {
-            self.remove(id).await?;
+            match self.remove(id).await {
+                Ok(()) => {
+                    failed.done();
+                    removed += 1;
+                }
+                Err(e) => failed.note(&format!("upload {id}"), e)?,
+            }
         }
         let staged = self.uploads_dir.join("staged");
         let max_age = self.cfg.upload_expiry;
-        tokio::task::spawn_blocking(move || remove_older_than(&staged, max_age))
-            .await
-            .map_err(Error::internal)??;
-        Ok(ids.len())
+        let failed = tokio::task::spawn_blocking(move || {
+            remove_older_than(&staged, max_age, &mut failed)?;
+            Ok::<_, Error>(failed)
+        })
+        .await
+        .map_err(Error::internal)??;
+        Ok((removed, failed.total))
     }
 }
 
-/// Removes the files of `dir` last modified more than `age` ago.
-fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()> {
+/// Removes the files of `dir` last modified more than `age` ago; one
+/// that cannot be removed is noted in `failed`.
+fn remove_older_than(dir: &std::path::Path, age: Duration, failed: &mut Failed) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     for entry in entries {
         let entry = entry?;
@@ -95,8 +115,10 @@ fn remove_older_than(dir: &std::path::Path, age: Duration) -> std::io::Result<()
         };
         if meta.modified()?.elapsed().is_ok_and(|e| e > age) {
             match std::fs::remove_file(entry.path()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    failed.note(&format!("staged file {}", entry.path().display()), e)?;
+                }
+                _ => failed.done(),
             }
         }
     }

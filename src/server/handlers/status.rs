@@ -140,6 +140,7 @@ pub async fn status(state: web::Data<AppState>, req: HttpRequest) -> Result<Http
             paths_expired: full.then_some(run.report.paths_expired),
             uploads_removed: full.then_some(run.report.uploads_removed),
             bytes_freed: full.then_some(run.report.bytes_freed),
+            failed: full.then_some(run.report.failed),
         }
     });
     let body = ServerStatus {
