@@ -19,9 +19,9 @@
 //! Every step works on the whole backlog in one pass: there is no batch
 //! size that could leave work behind. A file or directory that cannot be
 //! deleted is logged, counted (`failed`) and left for the next run; the
-//! step goes on with the others, and stops only after
-//! [`FAILED_IN_A_ROW`] failures in a row (then the disk or the bucket is
-//! failing, not one file). A finished run is recorded in the
+//! step goes on with the others, and stops (the run goes on) only after
+//! [`FAILED_IN_A_ROW`] failures in a row that are not about one file
+//! (then the disk or the bucket is failing). A finished run is recorded in the
 //! database (`gc_last_run`, shown by the status page), whether the server
 //! or `ferry gc` ran it.
 
@@ -88,7 +88,8 @@ pub struct Report {
     pub failed: u64,
 }
 
-/// Deletions in a row that may fail before a step stops with the error.
+/// Deletions in a row that may fail, for reasons not about one file,
+/// before a step stops.
 pub const FAILED_IN_A_ROW: u32 = 8;
 
 /// The deletions of one step that failed.
@@ -99,22 +100,33 @@ pub(crate) struct Failed {
 }
 
 impl Failed {
-    /// Deleting `what` failed with `e`: logged and counted; the error
-    /// back when too many failed in a row.
-    pub(crate) fn note(&mut self, what: &str, e: impl Into<Error>) -> Result<()> {
-        let e = e.into();
+    /// Deleting `what` failed with `e`: logged and counted. True when the
+    /// step should stop: [`FAILED_IN_A_ROW`] failures in a row that are
+    /// not about one file (a permission, a directory where a file was),
+    /// so the disk or the blob store is failing.
+    pub(crate) fn note(&mut self, what: &str, e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::*;
         self.total += 1;
-        self.in_a_row += 1;
-        tracing::warn!(
-            what,
-            error = %e,
-            cause = e.log_detail().unwrap_or_default(),
-            "could not delete it; the next collection tries again"
+        tracing::warn!(what, error = %e, "could not delete it; the next collection tries again");
+        let one_file = matches!(
+            e.kind(),
+            PermissionDenied
+                | IsADirectory
+                | DirectoryNotEmpty
+                | NotADirectory
+                | InvalidInput
+                | InvalidFilename
         );
-        if self.in_a_row >= FAILED_IN_A_ROW {
-            return Err(e);
+        if !one_file {
+            self.in_a_row += 1;
         }
-        Ok(())
+        if self.in_a_row >= FAILED_IN_A_ROW {
+            tracing::warn!(
+                "{FAILED_IN_A_ROW} deletions in a row failed: the disk or the blob store is failing; this step of the collection stops here"
+            );
+            return true;
+        }
+        false
     }
 
     /// A deletion succeeded.
@@ -184,7 +196,9 @@ impl Collector {
                 for (id, size) in blobs::unreferenced(tx)? {
                     crate::crash_point!("gc.before_delete");
                     if let Err(e) = store.delete(&id) {
-                        failed.note(&format!("blob {id}"), e)?;
+                        if failed.note(&format!("blob {id}"), &e) {
+                            break;
+                        }
                         continue;
                     }
                     failed.done();
@@ -235,19 +249,23 @@ impl Collector {
                             m.is_some_and(|m| now.duration_since(m).map_or(true, |a| a < grace))
                         }
                         Err(e) => {
-                            failed.note(&format!("store file {id}"), e)?;
+                            if failed.note(&format!("store file {id}"), &e) {
+                                break;
+                            }
                             continue;
                         }
                     };
                     if !young && !blobs::is_known(tx, &id)? {
                         tracing::info!(blob = %id, "removing a store file no row knows");
                         if let Err(e) = store.delete(&id) {
-                            failed.note(&format!("store file {id}"), e)?;
+                            if failed.note(&format!("store file {id}"), &e) {
+                                break;
+                            }
                             continue;
                         }
+                        failed.done();
                         n += 1;
                     }
-                    failed.done();
                 }
                 Ok((n, failed.total))
             })
@@ -295,6 +313,7 @@ pub async fn run_periodic(collector: Arc<Collector>, interval: Duration, flush_e
                     blobs_removed = r.blobs_removed,
                     bytes_freed = r.bytes_freed,
                     leftovers_removed = r.leftovers_removed,
+                    failed = r.failed,
                     "garbage collection done"
                 ),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
@@ -305,5 +324,36 @@ pub async fn run_periodic(collector: Arc<Collector>, interval: Duration, flush_e
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_stops_after_failures_in_a_row_that_are_not_about_one_file() {
+        use std::io::{Error as IoError, ErrorKind};
+        let mut f = Failed::default();
+        // A file in the way, a permission: never a reason to stop.
+        for _ in 0..3 * FAILED_IN_A_ROW {
+            assert!(!f.note("a", &IoError::from(ErrorKind::IsADirectory)));
+            assert!(!f.note("b", &IoError::from(ErrorKind::PermissionDenied)));
+        }
+        // The disk failing: the step stops at the limit, not before; a
+        // success in between starts the count again.
+        let eio = || IoError::from_raw_os_error(5);
+        for _ in 1..FAILED_IN_A_ROW {
+            assert!(!f.note("c", &eio()));
+        }
+        f.done();
+        for _ in 1..FAILED_IN_A_ROW {
+            assert!(!f.note("c", &eio()));
+        }
+        assert!(f.note("c", &eio()));
+        assert_eq!(
+            f.total,
+            6 * FAILED_IN_A_ROW as u64 + 2 * (FAILED_IN_A_ROW as u64 - 1) + 1
+        );
     }
 }

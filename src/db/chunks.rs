@@ -169,7 +169,12 @@ pub fn frames_exist(
     conn: &Conn<'_>,
     asked: &[(String, String)],
 ) -> Result<HashSet<(String, String)>> {
-    let hashes: Vec<&str> = asked.iter().map(|(h, _)| h.as_str()).collect();
+    let hashes: Vec<&str> = asked
+        .iter()
+        .map(|(h, _)| h.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let rows = conn.query_in(
         "SELECT blake3, blob FROM chunk_frames WHERE blake3 IN (",
         &[],

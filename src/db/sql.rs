@@ -440,7 +440,8 @@ impl<'a> Conn<'a> {
     /// Every row of `sql` for many `keys`, [`IN_BATCH`] keys per query:
     /// `sql` ends in `IN (` and the placeholders for a batch of keys
     /// follow the `fixed` parameters. The last batch is padded with its
-    /// own last key, so every query is the one prepared statement.
+    /// own last key, so every query is the one prepared statement. A key
+    /// given twice in different batches finds its rows twice.
     pub fn query_in<T, K: Param>(
         &self,
         sql: &str,

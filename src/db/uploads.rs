@@ -178,8 +178,11 @@ pub fn in_state(conn: &Conn<'_>, state: UploadState) -> Result<Vec<UploadRow>> {
 
 /// Ids of uploads past their expiry.
 pub fn expired(conn: &Conn<'_>, now: i64) -> Result<Vec<String>> {
+    // One being verified under a live lease is not expired: its verifier
+    // may be publishing.
     conn.query_all(
-        "SELECT id FROM uploads WHERE expires_at <= ?1",
+        "SELECT id FROM uploads WHERE expires_at <= ?1
+         AND NOT (state = 'verifying' AND verify_lease > ?1)",
         params![now],
         |r| r.get(0),
     )
@@ -380,4 +383,51 @@ pub fn clear_leases(conn: &Conn<'_>) -> Result<()> {
         &[],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_verified_under_a_live_lease_is_not_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("t.db")).unwrap();
+        db.call_blocking(|c| {
+            c.execute(
+                "INSERT INTO caches (name, signing_key, created_at) VALUES ('c', 'k', 0)",
+                &[],
+            )?;
+            let cache_id: i64 = c.query_one("SELECT id FROM caches", &[], |r| r.get(0))?;
+            let row = |id: &str| UploadRow {
+                id: id.into(),
+                cache_id,
+                store_path: "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x".into(),
+                nar_hash: String::new(),
+                nar_size: 1,
+                meta: UploadMeta::default(),
+                compression: "none".into(),
+                state: UploadState::Open,
+                total_parts: None,
+                error: None,
+                created_at: 0,
+                expires_at: 100,
+            };
+            for id in ["open", "leased", "lapsed"] {
+                insert(c, &row(id))?;
+            }
+            // At 200 every one is past its expiry; "leased" is being
+            // verified until 300, "lapsed" was until 150.
+            assert!(claim_for_verifying(c, "leased", 1, 200, 300)?);
+            assert!(claim_for_verifying(c, "lapsed", 1, 100, 150)?);
+            let mut gone = expired(c, 200)?;
+            gone.sort();
+            assert_eq!(gone, ["lapsed", "open"]);
+            let mut gone = expired(c, 300)?;
+            gone.sort();
+            assert_eq!(gone, ["lapsed", "leased", "open"]);
+            Ok(())
+        })
+        .unwrap();
+    }
 }

@@ -92,25 +92,40 @@ struct Job {
 
 /// Buffers of chunks already taken into the NAR check, for the decoders
 /// to fill again: fresh memory for every chunk cost a page fault per
-/// 4 KiB (a tenth of the server's CPU on a 1 GiB ingest).
+/// 4 KiB (85 % of the server's page faults on a 1 GiB ingest).
 #[derive(Clone, Default)]
-struct Spare(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+struct Spare(std::sync::Arc<std::sync::Mutex<SpareList>>);
 
-/// The most spare buffers kept (of chunks 128 KiB on average).
-const SPARE_MAX: usize = 4 * BATCH_FRAMES;
+#[derive(Default)]
+struct SpareList {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// The most bytes of spare buffers kept per upload: what the batches in
+/// flight decode to, about (see `ChunkedPipe::depth`).
+const SPARE_BYTES: usize = 16 << 20;
+/// A buffer larger than this is not kept (a chunk far above the usual
+/// sizes, which a client may declare up to [`MAX_CHUNK_SIZE`]).
+const SPARE_LARGEST: usize = 1 << 20;
 
 impl Spare {
     fn take(&self) -> Vec<u8> {
-        let got = self.0.lock().ok().and_then(|mut s| s.pop());
+        let got = self.0.lock().ok().and_then(|mut s| {
+            let buf = s.bufs.pop()?;
+            s.bytes -= buf.capacity();
+            Some(buf)
+        });
         got.unwrap_or_default()
     }
 
-    fn give(&self, mut buf: Vec<u8>) {
+    fn give(&self, buf: Vec<u8>) {
         if let Ok(mut s) = self.0.lock()
-            && s.len() < SPARE_MAX
+            && buf.capacity() <= SPARE_LARGEST
+            && s.bytes + buf.capacity() <= SPARE_BYTES
         {
-            buf.clear();
-            s.push(buf);
+            s.bytes += buf.capacity();
+            s.bufs.push(buf);
         }
     }
 }
@@ -147,17 +162,17 @@ fn decode(
     blake3: &str,
     mut data: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
-    // The capacity bounds the output: a frame that would decode to more
-    // than it (at least the declared size, at most the largest chunk)
-    // fails here, before allocating more.
+    // The slice bounds the output: a frame that would decode to more than
+    // declared fails here. (Zeroing a warm buffer costs less than the
+    // page faults of a fresh one.)
     data.clear();
-    data.reserve_exact(size as usize);
-    dctx.decompress_to_buffer(frame, &mut data).map_err(|e| {
-        format!(
-            "its frame is not valid zstd or decodes to more than {} bytes ({e})",
-            data.capacity()
-        )
-    })?;
+    data.resize(size as usize, 0);
+    let n = dctx
+        .decompress_to_buffer(frame, &mut data[..])
+        .map_err(|e| {
+            format!("its frame is not valid zstd or decodes to more than {size} bytes ({e})")
+        })?;
+    data.truncate(n);
     if data.len() as u64 != size {
         return Err(format!(
             "its frame decodes to {} bytes, not the {size} declared",

@@ -449,6 +449,14 @@ impl Engine {
         let id = row.id.clone();
         self.db
             .write(move |tx| {
+                // Still ours to publish: an upload removed meanwhile (by
+                // the expiry sweep, with its claims) publishes nothing,
+                // since GC may have freed the blobs it claimed.
+                let ours =
+                    uploads::get(tx, &row.id)?.is_some_and(|r| r.state == UploadState::Verifying);
+                if !ours {
+                    return Err(Error::UploadNotFound(row.id.clone()));
+                }
                 let cache = caches::get_by_id(tx, row.cache_id)?
                     .ok_or_else(|| Error::CacheNotFound(row.cache_id.to_string()))?;
                 if !nars::has_path(tx, cache.id, path.hash_part())? {

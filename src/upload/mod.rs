@@ -314,6 +314,15 @@ impl Engine {
         }
     }
 
+    /// Whether `row` is a one-request upload that keeps its short expiry
+    /// (see `open`): activity does not move it, also after its request
+    /// is gone (a verifier left running, a restart). One answered
+    /// `verifying` was given the usual expiry, and is touched as usual.
+    fn keeps_short_expiry(&self, row: &UploadRow) -> bool {
+        let short = whole::ONE_REQUEST_EXPIRY;
+        self.cfg.upload_expiry > short && row.expires_at - row.created_at <= short.as_secs() as i64
+    }
+
     fn expiry_from_now(&self) -> i64 {
         db::now() + self.cfg.upload_expiry.as_secs() as i64
     }
@@ -541,13 +550,11 @@ impl Engine {
         // Activity moves the expiry forward; written only when it would
         // move by more than the slack, so most reads of an upload's state
         // are not database writes.
-        // A one-request upload keeps its short expiry while its request
-        // runs (see `open`).
         if let Some(r) = &row
             && r.expires_at > db::now()
             && r.state != UploadState::Committed
             && r.expires_at < expires - self.touch_slack()
-            && self.step_commit(id) == Commit::Durable
+            && !self.keeps_short_expiry(r)
         {
             let key = id.to_owned();
             self.db

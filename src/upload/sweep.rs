@@ -60,7 +60,9 @@ impl Engine {
                     if settled {
                         tracing::info!(upload = %id, "removing a leftover upload directory");
                         if let Err(e) = remove_dir_if_present(&dir) {
-                            failed.note(&format!("upload directory {}", dir.display()), e)?;
+                            if failed.note(&format!("upload directory {}", dir.display()), &e) {
+                                break;
+                            }
                             continue;
                         }
                         failed.done();
@@ -80,13 +82,21 @@ impl Engine {
         let mut failed = Failed::default();
         let mut removed = 0;
         for id in &ids {
-            match self.remove(id).await {
-                Ok(()) => {
-                    failed.done();
-                    removed += 1;
+            // Its directory first, on its own: a directory that cannot be
+            // removed is one failure, not the end of the run.
+            let dir = self.dir_of(id);
+            let gone = tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
+                .await
+                .map_err(Error::internal)?;
+            if let Err(e) = gone {
+                if failed.note(&format!("upload {id}"), &e) {
+                    break;
                 }
-                Err(e) => failed.note(&format!("upload {id}"), e)?,
+                continue;
             }
+            failed.done();
+            self.remove(id).await?;
+            removed += 1;
         }
         let staged = self.uploads_dir.join("staged");
         let max_age = self.cfg.upload_expiry;
@@ -116,7 +126,9 @@ fn remove_older_than(dir: &std::path::Path, age: Duration, failed: &mut Failed) 
         if meta.modified()?.elapsed().is_ok_and(|e| e > age) {
             match std::fs::remove_file(entry.path()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    failed.note(&format!("staged file {}", entry.path().display()), e)?;
+                    if failed.note(&format!("staged file {}", entry.path().display()), &e) {
+                        break;
+                    }
                 }
                 _ => failed.done(),
             }

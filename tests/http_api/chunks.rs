@@ -132,12 +132,19 @@ fn nar_of(name: &str, contents: Vec<u8>) -> Nar {
     Nar::from_bytes(&store_path(name), write_nar(&tree))
 }
 
-/// Pushes `nar` chunked with the admin token; returns how many frames
+/// Pushes `nar` chunked with the admin token, the manifest in two
+/// batches (the first 150 chunks, then the rest); returns how many frames
 /// were sent and the chunks.
 fn push_chunked(s: &InProcess, cache: &str, nar: &Nar) -> (usize, Vec<Chunk>) {
     let chunks = chunks_of(&nar.bytes);
     let id = start_chunked(s, cache, &s.admin_token, nar);
-    let send = send_of(&add_chunks(s, &id, &s.admin_token, 0, &decls(&chunks)));
+    let all = decls(&chunks);
+    let split = all.len().min(150);
+    let mut send = send_of(&add_chunks(s, &id, &s.admin_token, 0, &all[..split]));
+    if split < all.len() {
+        let rest = add_chunks(s, &id, &s.admin_token, split as u64, &all[split..]);
+        send.extend(send_of(&rest));
+    }
     let parts = put_frames(s, &id, &s.admin_token, &chunks, &send, 3);
     let r = complete_with(s, &id, &s.admin_token, parts);
     assert_eq!(r.status, 200, "complete: {}", r.text());
@@ -215,14 +222,17 @@ fn upload_status_of_path(s: &InProcess, cache: &str, nar: &Nar) -> Option<Value>
 fn a_changed_nar_sends_only_its_new_chunks_and_repeats_none() {
     let s = InProcess::start();
     create_cache(&s, "c", false);
-    let base = noise("chunked-base", 400_000);
+    // 3 MB of 4 KiB chunks: a second push declares over 500 held chunks,
+    // and repeats of its first manifest batch past the 500th key of its
+    // second (the server looks them up 500 at a time).
+    let base = noise("chunked-base", 3_000_000);
     let first = nar_of("chunked-v1", base.clone());
     push_chunked(&s, "c", &first);
 
     // A few scattered edits and an insertion that shifts everything after
     // it; the second half repeats the first (repeats are sent once).
     let mut changed = base.clone();
-    for at in [50_000usize, 210_000, 330_000] {
+    for at in [50_000usize, 210_000, 330_000, 1_700_000, 2_900_000] {
         changed[at..at + 8].copy_from_slice(b"CHANGED!");
     }
     changed.splice(
@@ -237,6 +247,12 @@ fn a_changed_nar_sends_only_its_new_chunks_and_repeats_none() {
     let (sent, chunks) = push_chunked(&s, "c", &second);
     let distinct: std::collections::HashSet<&str> =
         chunks.iter().map(|c| c.entry.blake3.as_str()).collect();
+    assert!(
+        distinct.len() > 500 && chunks.len() > 650 + 150,
+        "{} chunks, {} distinct",
+        chunks.len(),
+        distinct.len()
+    );
     assert!(
         sent < chunks.len() / 5,
         "sent {sent} of {} chunks ({} distinct)",
