@@ -139,25 +139,8 @@ fn a_blob_that_cannot_be_deleted_does_not_stop_the_collection() {
         "/_api/v1/caches",
         serde_json::json!({"name": "short", "retention": "1s"}),
     );
-    for (seed, hash) in [
-        ("p", "0000000000000000000000000000000p"),
-        ("q", "0000000000000000000000000000000q"),
-        ("r", "0000000000000000000000000000000r"),
-    ] {
-        let bytes = nar(seed);
-        let up = post(
-            &s,
-            "/_api/v1/caches/short/uploads",
-            serde_json::json!({"store_path": format!("/nix/store/{hash}-x"), "nar_hash": Sha256Hash::digest(&bytes).to_string(), "nar_size": bytes.len()}),
-        );
-        let url = up["upload_url"].as_str().unwrap().to_owned();
-        put_part(&s, &url, 1, &bytes);
-        let done = post(
-            &s,
-            &format!("{url}/complete"),
-            serde_json::json!({"parts": 1}),
-        );
-        assert_eq!(done["state"], "committed");
+    for seed in ["p", "q", "r"] {
+        publish(&s, "short", &format!("{seed:0>32}"), seed, &[]);
     }
     let blobs = s.data_dir.path().join("blobs");
     let files = files_under(&blobs);
