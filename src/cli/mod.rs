@@ -25,6 +25,10 @@ enum Command {
     /// Run the server (defaults: listen 127.0.0.1:8080, data in ./ferry-data).
     Serve(ServeArgs),
     /// Run garbage collection once against the server's data.
+    ///
+    /// Prints a JSON report. Exits 0 when everything went, 2 when the run
+    /// finished but some deletions failed (each is logged; the next run
+    /// tries them again), 1 when it could not run.
     Gc(ServerLocation),
     /// Capability tokens.
     #[command(subcommand)]
@@ -104,7 +108,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<serve::SomeFailed>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
