@@ -99,15 +99,30 @@ pub(crate) struct Failed {
     in_a_row: u32,
 }
 
+/// How one deletion went, for the step's loop.
+pub(crate) enum Tried {
+    Done,
+    /// Failed, logged and counted: go on with the next.
+    Failed,
+    /// Failed, and [`FAILED_IN_A_ROW`] failures in a row that are not
+    /// about one file say the disk or the blob store is failing: stop.
+    Stop,
+}
+
 impl Failed {
-    /// Deleting `what` failed with `e`: logged and counted. True when the
-    /// step should stop: [`FAILED_IN_A_ROW`] failures in a row that are
-    /// not about one file (a permission, a directory where a file was),
-    /// so the disk or the blob store is failing.
-    pub(crate) fn note(&mut self, what: &str, e: &std::io::Error) -> bool {
+    /// Deleting `what` ended with `r`. A failure is logged and counted;
+    /// a permission, or a directory where a file was, never stops a step.
+    pub(crate) fn tried(&mut self, what: impl FnOnce() -> String, r: std::io::Result<()>) -> Tried {
         use std::io::ErrorKind::*;
+        let e = match r {
+            Ok(()) => {
+                self.in_a_row = 0;
+                return Tried::Done;
+            }
+            Err(e) => e,
+        };
         self.total += 1;
-        tracing::warn!(what, error = %e, "could not delete it; the next collection tries again");
+        tracing::warn!(what = what(), error = %e, "could not delete it; the next collection tries again");
         let one_file = matches!(
             e.kind(),
             PermissionDenied
@@ -124,14 +139,9 @@ impl Failed {
             tracing::warn!(
                 "{FAILED_IN_A_ROW} deletions in a row failed: the disk or the blob store is failing; this step of the collection stops here"
             );
-            return true;
+            return Tried::Stop;
         }
-        false
-    }
-
-    /// A deletion succeeded.
-    pub(crate) fn done(&mut self) {
-        self.in_a_row = 0;
+        Tried::Failed
     }
 }
 
@@ -195,13 +205,11 @@ impl Collector {
                 let mut failed = Failed::default();
                 for (id, size) in blobs::unreferenced(tx)? {
                     crate::crash_point!("gc.before_delete");
-                    if let Err(e) = store.delete(&id) {
-                        if failed.note(&format!("blob {id}"), &e) {
-                            break;
-                        }
-                        continue;
+                    match failed.tried(|| format!("blob {id}"), store.delete(&id)) {
+                        Tried::Done => {}
+                        Tried::Failed => continue,
+                        Tried::Stop => break,
                     }
-                    failed.done();
                     crate::crash_point!("gc.after_delete");
                     blobs::forget(tx, &id)?;
                     count += 1;
@@ -244,27 +252,23 @@ impl Collector {
                 for id in candidates {
                     // Written again since the listing (a part's copy in a
                     // shared store, about to get its row): young again.
+                    let what = || format!("store file {id}");
                     let young = match store.modified(&id) {
                         Ok(m) => {
                             m.is_some_and(|m| now.duration_since(m).map_or(true, |a| a < grace))
                         }
-                        Err(e) => {
-                            if failed.note(&format!("store file {id}"), &e) {
-                                break;
-                            }
-                            continue;
-                        }
+                        Err(e) => match failed.tried(what, Err(e)) {
+                            Tried::Stop => break,
+                            _ => continue,
+                        },
                     };
                     if !young && !blobs::is_known(tx, &id)? {
                         tracing::info!(blob = %id, "removing a store file no row knows");
-                        if let Err(e) = store.delete(&id) {
-                            if failed.note(&format!("store file {id}"), &e) {
-                                break;
-                            }
-                            continue;
+                        match failed.tried(what, store.delete(&id)) {
+                            Tried::Done => n += 1,
+                            Tried::Failed => {}
+                            Tried::Stop => break,
                         }
-                        failed.done();
-                        n += 1;
                     }
                 }
                 Ok((n, failed.total))
@@ -335,22 +339,30 @@ mod tests {
     fn a_step_stops_after_failures_in_a_row_that_are_not_about_one_file() {
         use std::io::{Error as IoError, ErrorKind};
         let mut f = Failed::default();
+        let what = || "x".to_string();
+        let failed = |f: &mut Failed, e: IoError| f.tried(what, Err(e));
         // A file in the way, a permission: never a reason to stop.
         for _ in 0..3 * FAILED_IN_A_ROW {
-            assert!(!f.note("a", &IoError::from(ErrorKind::IsADirectory)));
-            assert!(!f.note("b", &IoError::from(ErrorKind::PermissionDenied)));
+            assert!(matches!(
+                failed(&mut f, ErrorKind::IsADirectory.into()),
+                Tried::Failed
+            ));
+            assert!(matches!(
+                failed(&mut f, ErrorKind::PermissionDenied.into()),
+                Tried::Failed
+            ));
         }
         // The disk failing: the step stops at the limit, not before; a
         // success in between starts the count again.
         let eio = || IoError::from_raw_os_error(5);
         for _ in 1..FAILED_IN_A_ROW {
-            assert!(!f.note("c", &eio()));
+            assert!(matches!(failed(&mut f, eio()), Tried::Failed));
         }
-        f.done();
+        assert!(matches!(f.tried(what, Ok(())), Tried::Done));
         for _ in 1..FAILED_IN_A_ROW {
-            assert!(!f.note("c", &eio()));
+            assert!(matches!(failed(&mut f, eio()), Tried::Failed));
         }
-        assert!(f.note("c", &eio()));
+        assert!(matches!(failed(&mut f, eio()), Tried::Stop));
         assert_eq!(
             f.total,
             6 * FAILED_IN_A_ROW as u64 + 2 * (FAILED_IN_A_ROW as u64 - 1) + 1

@@ -608,17 +608,30 @@ impl Engine {
 
     /// Removes an upload's files and rows (abandon, expiry).
     pub async fn remove(&self, id: &str) -> Result<()> {
-        self.slots.lock().map_err(Error::internal)?.remove(id);
         // The directory first, then the row (which releases the blobs the
         // upload had claimed): a crash in between leaves a row whose
         // parts are gone, which reads as parts to send again.
+        self.remove_dir(id).await?;
+        self.forget(id).await
+    }
+
+    /// The first half of [`Engine::remove`]: the upload's slot and its
+    /// directory.
+    async fn remove_dir(&self, id: &str) -> std::io::Result<()> {
+        self.slots
+            .lock()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .remove(id);
         let dir = self.dir_of(id);
         tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
             .await
-            .map_err(Error::internal)??;
+            .map_err(std::io::Error::other)?
+    }
+
+    /// The second half of [`Engine::remove`]: the upload's row.
+    async fn forget(&self, id: &str) -> Result<()> {
         let key = id.to_owned();
-        self.db.write(move |tx| uploads::delete(tx, &key)).await?;
-        Ok(())
+        self.db.write(move |tx| uploads::delete(tx, &key)).await
     }
 
     /// Restarts `complete` for uploads that were verifying when the server

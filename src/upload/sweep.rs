@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Engine, remove_dir_if_present};
 use crate::db::{self, uploads, uploads::UploadState};
 use crate::error::{Error, Result};
-use crate::gc::Failed;
+use crate::gc::{Failed, Tried};
 
 impl Engine {
     /// Removes upload directories that no open upload owns (leftovers of
@@ -59,14 +59,12 @@ impl Engine {
                     });
                     if settled {
                         tracing::info!(upload = %id, "removing a leftover upload directory");
-                        if let Err(e) = remove_dir_if_present(&dir) {
-                            if failed.note(&format!("upload directory {}", dir.display()), &e) {
-                                break;
-                            }
-                            continue;
+                        let what = || format!("upload directory {}", dir.display());
+                        match failed.tried(what, remove_dir_if_present(&dir)) {
+                            Tried::Done => n += 1,
+                            Tried::Failed => {}
+                            Tried::Stop => break,
                         }
-                        failed.done();
-                        n += 1;
                     }
                 }
                 Ok((n, failed.total))
@@ -84,19 +82,14 @@ impl Engine {
         for id in &ids {
             // Its directory first, on its own: a directory that cannot be
             // removed is one failure, not the end of the run.
-            let dir = self.dir_of(id);
-            let gone = tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
-                .await
-                .map_err(Error::internal)?;
-            if let Err(e) = gone {
-                if failed.note(&format!("upload {id}"), &e) {
-                    break;
+            match failed.tried(|| format!("upload {id}"), self.remove_dir(id).await) {
+                Tried::Done => {
+                    self.forget(id).await?;
+                    removed += 1;
                 }
-                continue;
+                Tried::Failed => {}
+                Tried::Stop => break,
             }
-            failed.done();
-            self.remove(id).await?;
-            removed += 1;
         }
         let staged = self.uploads_dir.join("staged");
         let max_age = self.cfg.upload_expiry;
@@ -124,13 +117,13 @@ fn remove_older_than(dir: &std::path::Path, age: Duration, failed: &mut Failed) 
             continue;
         };
         if meta.modified()?.elapsed().is_ok_and(|e| e > age) {
-            match std::fs::remove_file(entry.path()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    if failed.note(&format!("staged file {}", entry.path().display()), &e) {
-                        break;
-                    }
-                }
-                _ => failed.done(),
+            let removed = match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            let what = || format!("staged file {}", entry.path().display());
+            if let Tried::Stop = failed.tried(what, removed) {
+                break;
             }
         }
     }
